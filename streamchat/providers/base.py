@@ -8,9 +8,10 @@ belong to the stream controller, not to adapters: adapters turn SDK retries off.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import AsyncIterator, ClassVar
+from typing import Any, AsyncIterator, ClassVar
 
 from ..core.request import ChatRequest, Chunk, Message
 
@@ -50,6 +51,12 @@ class Provider(ABC):
     known_models: ClassVar[tuple[str, ...]] = ()
     #: the adapter can turn ``ChatRequest.confidence`` into per-token confidence values
     supports_confidence: ClassVar[bool] = False
+    #: environment variable naming the endpoint, and the endpoint used when it is not set
+    base_url_env: ClassVar[str | None] = None
+    default_base_url: ClassVar[str | None] = None
+
+    #: the SDK client, made on first use by the adapter and closed by :meth:`aclose`
+    _client: Any = None
 
     def __init__(self, model: str, *, timeouts: Timeouts | None = None) -> None:
         self.model = model
@@ -76,16 +83,44 @@ class Provider(ABC):
         messages = _without_prefill(request.messages)
         return request.with_messages(messages + (Message("assistant", partial.rstrip()),))
 
+    @classmethod
+    def endpoint(cls) -> str | None:
+        return (os.environ.get(cls.base_url_env) if cls.base_url_env else None) or cls.default_base_url
+
+    @classmethod
+    def has_key(cls) -> bool:
+        return cls.key_env is None or bool(os.environ.get(cls.key_env))
+
     async def aclose(self) -> None:
-        """Release the SDK client (connections)."""
+        """Release the SDK client (its connections)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    def prepare(self) -> None:
+        """Import the SDK and make the client (raising e.g. AuthenticationError for a missing key).
+
+        The stream controller calls this before its clocks start, so an SDK's import time (seconds
+        for some) never eats into a timeout or a retry budget."""
 
     async def warm(self) -> None:
-        """Prepare for a first request (open connections, load a model). Optional."""
+        """Get ready for a first request off the event loop (SDK import, client; a local model
+        loads). The TUI calls this at start-up so the first answer does not pay for it."""
+        import asyncio
+
+        await asyncio.to_thread(self.prepare)
 
     @classmethod
     async def status(cls, timeout: float = 0.5) -> ProviderStatus:
-        """Is this provider usable here? Must return within about ``timeout`` seconds."""
-        return ProviderStatus(cls.name, True, "available", list(cls.known_models))
+        """Is this provider usable here? Must return within about ``timeout`` seconds.
+
+        Default: configured when its key is set (no network call)."""
+        models = list(cls.known_models)
+        if cls.key_env is None:
+            return ProviderStatus(cls.name, True, "available", models, cls.endpoint())
+        if cls.has_key():
+            return ProviderStatus(cls.name, True, f"key set ({cls.key_env})", models, cls.endpoint())
+        return ProviderStatus(cls.name, False, f"no key: set {cls.key_env}", models, cls.endpoint())
 
 
 def _without_prefill(messages: tuple[Message, ...]) -> tuple[Message, ...]:

@@ -1,0 +1,134 @@
+"""The ``streamchat`` command line (typer). Thin: each command imports what it needs when it runs,
+so ``streamchat --help`` pays only for typer.
+
+Exit codes: 0 done · 1 provider error · 2 bad input or config · 3 authentication · 4 rate limited or
+overloaded · 5 timeout · 6 connection failed · 70 internal error · 130 cancelled (Ctrl+C).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Optional
+
+import typer
+
+app = typer.Typer(
+    name="streamchat",
+    help="Stream answers from Claude, GPT, Ollama and an embedded local model — and steer them live.",
+    add_completion=False,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+EXIT_INTERNAL = 70
+_state: dict[str, Any] = {"debug": False}
+
+
+def _fail(message: str, code: int) -> None:
+    err = sys.stderr
+    line = f"error: {message}"
+    if err.isatty():
+        line = f"\x1b[31m{line}\x1b[0m"
+    err.write(line + "\n")
+    err.flush()
+    raise typer.Exit(code)
+
+
+def _run(main: Callable[[], Any]) -> Any:
+    """Run an async command: StreamchatError → one line and its exit code; never a traceback
+    unless --debug."""
+    import asyncio
+
+    from ..core.errors import StreamchatError
+
+    try:
+        return asyncio.run(main())
+    except StreamchatError as exc:
+        if _state["debug"]:
+            raise
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("cancelled\n")
+        raise typer.Exit(130)
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        from ..core.errors import redact
+
+        _fail(f"internal error ({type(exc).__name__}: {redact(str(exc))}); run with --debug for details",
+              EXIT_INTERNAL)
+
+
+def _settings():
+    from ..config import load_settings
+
+    return load_settings()
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="PROVIDER:MODEL (repeatable)."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    version: bool = typer.Option(False, "--version", help="Show the version and exit."),
+) -> None:
+    """Without a command: open the chat."""
+    _state["debug"] = debug
+    from ..logs import setup_logging
+
+    setup_logging(debug)
+    if version:
+        from .. import __version__
+
+        typer.echo(f"streamchat {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        from .chat import run_chat
+
+        code = _run(lambda: run_chat(settings=_settings(), model=(model or [None])[0], system=system))
+        raise typer.Exit(code or 0)
+
+
+@app.command()
+def ask(
+    prompt: Optional[str] = typer.Argument(None, help="The question; '-' or nothing reads it from stdin."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="PROVIDER:MODEL, e.g. openai:gpt-4o-mini."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", "-t", min=0.1, help="Seconds the whole answer may take."),
+    json: bool = typer.Option(False, "--json", help="Write the stream events as NDJSON instead of text."),
+    confidence: bool = typer.Option(False, "--confidence", help="Ask for per-token probabilities (logprobs)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Most tokens in the answer."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, max=2.0, help="Sampling temperature."),
+) -> None:
+    """Ask one question and stream the answer to stdout."""
+    from .ask import read_prompt, run_ask
+
+    text = read_prompt(prompt)
+    if text is None:
+        _fail("no prompt: give it as an argument, or pipe it in (echo hi | streamchat ask)", 2)
+    if not text.strip():
+        _fail("the prompt is empty", 2)
+    code = _run(lambda: run_ask(
+        text, settings=_settings(), model=model, system=system, timeout=timeout, json_mode=json,
+        confidence=confidence, max_tokens=max_tokens, temperature=temperature,
+        out=sys.stdout, err=sys.stderr,
+    ))
+    raise typer.Exit(code)
+
+
+@app.command()
+def models(
+    json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List the providers, whether each is ready here, and their models."""
+    from .models import run_models
+
+    raise typer.Exit(_run(lambda: run_models(settings=_settings(), json_mode=json, out=sys.stdout)))
+
+
+def main() -> None:
+    app()

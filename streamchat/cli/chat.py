@@ -1,0 +1,121 @@
+"""``streamchat`` in a plain terminal: a line-by-line chat that keeps the conversation.
+
+Enter sends; Ctrl+C stops the answer being streamed (the partial stays in the conversation);
+Ctrl+C at the prompt or Ctrl+D quits. ``/continue`` goes on with a cut-off answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+from typing import IO
+
+from ..config import Settings, resolve_model
+from ..core.bus import EventBus
+from ..core.request import ChatRequest, Message
+from ..core.stream import Stream, continue_stream
+from ..providers import create_provider
+from .output import TextPrinter
+
+
+def _read_line(loop: asyncio.AbstractEventLoop, prompt: str) -> asyncio.Future:
+    """input() in a daemon thread, so the loop (and model warm-up) runs while a person types."""
+    future: asyncio.Future = loop.create_future()
+
+    def work() -> None:
+        try:
+            value: str | None = input(prompt)
+        except (EOFError, OSError):
+            value = None
+
+        def deliver() -> None:
+            if not future.done():
+                future.set_result(value)
+
+        loop.call_soon_threadsafe(deliver)
+
+    threading.Thread(target=work, name="streamchat-input", daemon=True).start()
+    return future
+
+
+async def run_chat(*, settings: Settings, model: str | None, system: str | None,
+                   out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
+    loop = asyncio.get_running_loop()
+    model_id, reason = await resolve_model(model, settings)
+    provider = create_provider(model_id, timeouts=settings.timeouts)
+    warm = asyncio.ensure_future(provider.warm())
+    err.write(f"streamchat · {model_id} ({reason})\n"
+              "Enter sends · Ctrl+C stops an answer · /continue resumes a cut-off one · Ctrl+D quits\n")
+    err.flush()
+    bus = EventBus()
+    conversation: list[Message] = []
+    last: tuple[ChatRequest, Stream] | None = None
+    current: Stream | None = None
+    waiting: asyncio.Future | None = None
+
+    def on_interrupt() -> None:
+        if current is not None and not current.done:
+            current.cancel()
+        elif waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    except (NotImplementedError, RuntimeError):
+        pass
+    try:
+        while True:
+            waiting = _read_line(loop, "› ")
+            line = await waiting
+            if line is None:
+                err.write("\n")
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            if line == "/continue":
+                if last is None or last[1].state == "completed":
+                    err.write("nothing to continue: the last answer is complete\n")
+                    continue
+                request, previous = last
+                if conversation and conversation[-1].role == "assistant":
+                    conversation.pop()
+                current = continue_stream(provider, request, previous.text, bus=bus, timeouts=settings.timeouts)
+                printer = TextPrinter(out, sanitise=out.isatty())
+                printer.at_line_start = False
+                out.write(previous.text)  # show the whole answer again, then its continuation
+            else:
+                conversation.append(Message("user", line))
+                request = ChatRequest(
+                    messages=tuple(conversation),
+                    system=system if system is not None else settings.system,
+                    max_tokens=settings.max_tokens,
+                    confidence=settings.confidence,
+                )
+                current = Stream(provider, request, bus=bus, timeouts=settings.timeouts)
+                printer = TextPrinter(out, sanitise=out.isatty())
+            handle = bus.register(printer, stream_id=current.id)
+            try:
+                await current.run()
+            finally:
+                bus.unregister(handle)
+            printer.end_line()
+            if current.text:
+                conversation.append(Message("assistant", current.text))
+            last = (request, current)
+            if current.state == "cancelled":
+                err.write("(stopped — /continue goes on from here)\n")
+            elif current.state == "failed":
+                err.write(f"error: {current.error}\n")
+                if current.text:
+                    err.write("(the partial answer is kept — /continue goes on from here)\n")
+            current = None
+    finally:
+        try:
+            loop.remove_signal_handler(signal.SIGINT)
+        except (NotImplementedError, RuntimeError):
+            pass
+        warm.cancel()
+        await provider.aclose()

@@ -1,0 +1,79 @@
+"""CLI subscribers: the plain-text printer and the NDJSON event writer, and output sanitising.
+
+A model must not be able to drive the terminal: when output goes to a terminal, every C0 control
+character except newline and tab (ESC, BEL, CR, backspace…) and DEL is shown as its Unicode
+control picture (ESC → ␛) and C1 controls become U+FFFD, so escape sequences are visible but inert.
+This works character by character, so it is safe however the text is split into tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any, Callable
+
+from ..core.events import Event, event_to_dict
+
+_TABLE = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A)}
+_TABLE[0x7F] = 0x2421
+_TABLE.update({c: 0xFFFD for c in range(0x80, 0xA0)})
+
+
+def neutralise(text: str) -> str:
+    """Make control characters and escape sequences harmless (visible, not acted on)."""
+    return text.translate(_TABLE)
+
+
+class _Writer:
+    """Writes to ``out`` and flushes; when the reader goes away (``| head``) it stops writing,
+    remembers it (``closed``) and calls ``on_closed`` once — the stream is then cancelled."""
+
+    def __init__(self, out: IO[str], on_closed: Callable[[], Any] | None = None) -> None:
+        self.out = out
+        self.on_closed = on_closed
+        self.closed = False
+
+    def _write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except BrokenPipeError:
+            self.closed = True
+            if self.on_closed is not None:
+                self.on_closed()
+
+
+class TextPrinter(_Writer):
+    """Writes answer text as it arrives, flushed per token; remembers whether it ended a line."""
+
+    def __init__(self, out: IO[str], *, sanitise: bool, on_closed: Callable[[], Any] | None = None) -> None:
+        super().__init__(out, on_closed)
+        self.sanitise = sanitise
+        self.wrote = False
+        self.at_line_start = True
+
+    def on_token_received(self, token: str, index: int) -> None:
+        if self.sanitise:
+            token = neutralise(token)
+        self._write(token)
+        if token:
+            self.wrote = True
+            self.at_line_start = token.endswith("\n")
+
+    def end_line(self) -> None:
+        """End the answer with exactly one newline (none if it already ends a line)."""
+        if self.wrote and not self.at_line_start:
+            self._write("\n")
+            self.at_line_start = True
+
+
+class NdjsonPrinter(_Writer):
+    """Writes every bus event as one JSON object per line (``type`` first)."""
+
+    def on_event(self, event: Event) -> None:
+        self._write(json.dumps(event_to_dict(event), ensure_ascii=False, default=_default) + "\n")
+
+
+def _default(value: Any) -> Any:
+    return str(value)

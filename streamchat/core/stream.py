@@ -1,0 +1,585 @@
+"""The controller for one live response.
+
+States::
+
+    pending ──▶ active ⇄ paused ──▶ completed | cancelled | failed
+
+* ``pause()`` stops *reading* from the provider: the next chunk is not pulled from the adapter, so
+  the SDK does not read the HTTP body and TCP back-pressure reaches the server. ``resume()`` reads on.
+* ``cancel()`` closes the provider response (the adapter's generator is closed) and ends the stream
+  as cancelled with the partial text kept.
+* Timeouts (see :class:`~streamchat.providers.base.Timeouts`): first token, idle gap between chunks and
+  total are measured on an *active* clock that stands still while the stream is paused. One timer
+  (a watchdog) serves all three, so a token costs no timer work; the connect timeout is the SDK's.
+* Retries: before the first token, a retryable error (429, overload, connection failure) starts the
+  request again after an exponential, jittered delay — or the server's ``retry-after``. After the first
+  token a failure ends the stream as failed, partial kept. The SDKs' own retries are turned off so
+  that every retry is visible as a :class:`Retrying` event, for every provider alike.
+* Buffering (:class:`BufferPolicy`): tokens can be published in groups — after N tokens or T ms,
+  whichever comes first.
+
+Nothing here imports an SDK or a UI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, AsyncIterator
+
+from .bus import EventBus, TokenRun
+from .errors import ConnectionLostError, StreamchatError, StreamTimeoutError
+from .events import (
+    Cancelled,
+    Completed,
+    Event,
+    Failed,
+    Paused,
+    ResponseSnapshot,
+    Resumed,
+    Retrying,
+    StreamStarted,
+    StreamStats,
+    Token,
+    accumulate,
+)
+from .request import ChatRequest, Chunk, join_continuation
+
+if TYPE_CHECKING:
+    from ..providers.base import Provider, Timeouts
+
+__all__ = ["Stream", "RetryPolicy", "BufferPolicy", "StreamStatus", "continue_stream"]
+
+log = logging.getLogger("streamchat.stream")
+
+_ids = itertools.count(1)
+_PID = os.getpid()
+
+
+def new_stream_id() -> str:
+    return f"s{_PID:x}-{int(time.time() * 1000):x}-{next(_ids)}"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries before the first token. Delay for attempt n (1-based): ``base·2^(n-1)`` capped at
+    ``max_delay``, minus up to ``jitter`` of it at random; a server's ``retry-after`` wins (up to
+    ``max_retry_after``)."""
+
+    max_attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+    jitter: float = 0.25
+    max_retry_after: float = 60.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None and retry_after >= 0:
+            return min(retry_after, self.max_retry_after)
+        raw = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return raw * (1.0 - self.jitter * random.random())
+
+
+@dataclass(frozen=True, slots=True)
+class BufferPolicy:
+    """Publish tokens in groups: after ``max_tokens`` tokens or ``max_ms`` milliseconds, whichever
+    comes first. ``max_tokens=1`` (the default) publishes every token at once."""
+
+    max_tokens: int = 1
+    max_ms: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_tokens > 1
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    stream_id: str
+    state: str
+    provider: str
+    model: str
+    stats: StreamStats
+    error: StreamchatError | None = None
+
+
+class _Cancel(Exception):
+    """Internal: the stream was cancelled or a deadline fired (see ``Stream._stop_reason``)."""
+
+
+class Stream:
+    """One live response from one provider. Create, then ``await run()`` (or ``start()``)."""
+
+    def __init__(
+        self,
+        provider: "Provider",
+        request: ChatRequest,
+        *,
+        bus: EventBus | None = None,
+        timeouts: "Timeouts | None" = None,
+        retry: RetryPolicy | None = None,
+        buffer: BufferPolicy | None = None,
+        lane: str | None = None,
+        stage: str | None = None,
+        stream_id: str | None = None,
+        continues: str | None = None,
+    ) -> None:
+        self.provider = provider
+        self.request = request
+        self.bus = bus if bus is not None else EventBus()
+        self.timeouts = timeouts or provider.timeouts
+        self.retry = retry or RetryPolicy()
+        self.buffer = buffer or BufferPolicy()
+        self.lane = lane
+        self.stage = stage
+        self.id = stream_id or new_stream_id()
+        #: the partial answer this stream continues (its text is the start of ours), if any
+        self.continues = continues
+        self._original_request = request  # for a continuation: the request it continues
+
+        self.state = "pending"
+        self.snapshot = ResponseSnapshot(stream_id=self.id, lane=lane, stage=stage)
+        self.error: StreamchatError | None = None
+        self._task: asyncio.Task | None = None
+        self._resume = asyncio.Event()
+        self._resume.set()
+        self._stop_reason: str | None = None  # "cancel" | "first_token" | "idle" | "total"
+        self._reading = False
+        # clocks (monotonic seconds)
+        self._t0: float | None = None
+        self._t_active0 = 0.0
+        self._paused_at: float | None = None
+        self._paused_total = 0.0
+        self._attempt_start = 0.0  # active clock
+        self._last_chunk = 0.0  # active clock
+        self._first_token_at: float | None = None  # active clock
+        self._end: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        # counters
+        self._tokens = 0
+        self._chars = 0
+        self._retries = 0
+        self._errors = 0
+        self._pieces: list[str] = []
+        self._usage: dict[str, int] | None = None
+        self._finish: str | None = None
+        self._pending: TokenRun | None = None
+        self._pending_since = 0.0
+
+    # ------------------------------------------------------------------ public control
+    def start(self) -> asyncio.Task:
+        """Run in a task of its own and return it."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self.run())
+        return self._task
+
+    def pause(self) -> bool:
+        """Stop reading from the provider. Returns False when there is nothing to pause."""
+        if self.state not in ("active", "pending") or self._paused_at is not None:
+            return False
+        self._paused_at = time.monotonic()
+        self._resume.clear()
+        self._set_state("paused")
+        self._cancel_watchdog()
+        self._emit_nowait(Paused(stream_id=self.id, lane=self.lane, stage=self.stage))
+        return True
+
+    def resume(self) -> bool:
+        if self._paused_at is None or self.done:
+            return False
+        self._paused_total += time.monotonic() - self._paused_at
+        self._paused_at = None
+        self._set_state("active")
+        self._emit_nowait(Resumed(stream_id=self.id, lane=self.lane, stage=self.stage))
+        self._resume.set()
+        self._arm_watchdog()
+        return True
+
+    def toggle_pause(self) -> bool:
+        return self.resume() if self._paused_at is not None else self.pause()
+
+    def cancel(self) -> bool:
+        """Close the provider response and end as cancelled, keeping the partial text."""
+        if self.done:
+            return False
+        if self._task is None:  # never started: end at once
+            self._stop_reason = "cancel"
+            self._set_state("cancelled")
+            return True
+        self._interrupt("cancel")
+        return True
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("completed", "cancelled", "failed")
+
+    @property
+    def text(self) -> str:
+        """The answer so far (for a continuation: the partial it continues, then the new text)."""
+        base = self.continues or ""
+        return base + "".join(self._pieces)
+
+    def status(self) -> StreamStatus:
+        return StreamStatus(self.id, self.state, self.provider.name, self.provider.model, self.stats(), self.error)
+
+    def stats(self) -> StreamStats:
+        now = self._active_now() if self._end is None else self._end
+        elapsed = max(0.0, now - self._t_active0) if self._t0 is not None else 0.0
+        ttft = None
+        tps = None
+        if self._first_token_at is not None:
+            ttft = self._first_token_at - self._t_active0
+            span = now - self._first_token_at
+            if span > 0 and self._tokens > 1:
+                tps = (self._tokens - 1) / span
+        paused = self._paused_total + (time.monotonic() - self._paused_at if self._paused_at else 0.0)
+        return StreamStats(
+            tokens=self._tokens,
+            chars=self._chars,
+            ttft=ttft,
+            tokens_per_s=tps,
+            elapsed=elapsed,
+            paused_s=paused,
+            retries=self._retries,
+            errors=self._errors,
+        )
+
+    async def wait(self) -> ResponseSnapshot:
+        if self._task is None:
+            return await self.run()
+        await asyncio.shield(self._task)
+        return self.snapshot
+
+    def continuation(self, **kw) -> "Stream":
+        """A new stream that makes the model go on after this one's (cut-off) text."""
+        return continue_stream(
+            self.provider,
+            self._original_request,
+            self.text,
+            bus=kw.pop("bus", self.bus),
+            timeouts=kw.pop("timeouts", self.timeouts),
+            retry=kw.pop("retry", self.retry),
+            buffer=kw.pop("buffer", self.buffer),
+            lane=kw.pop("lane", self.lane),
+            stage=kw.pop("stage", self.stage),
+            **kw,
+        )
+
+    # ------------------------------------------------------------------ running
+    async def run(self) -> ResponseSnapshot:
+        """Stream the response to its end and return the final snapshot.
+
+        Never raises a :class:`StreamchatError`: failures end the stream as ``failed`` (see
+        ``self.error``). If the task running it is cancelled from outside, the stream ends as
+        cancelled (partial kept, event published) and the cancellation propagates.
+        """
+        if self._task is None:
+            self._task = asyncio.current_task()
+        if self.done:  # cancelled before it started
+            await self._finish_cancelled()
+            return self.snapshot
+        try:
+            self.provider.prepare()
+        except StreamchatError as err:
+            self._t0 = self._end = time.monotonic()
+            await self._finish_failed(err)
+            return self.snapshot
+        self._t0 = time.monotonic()
+        self._t_active0 = self._t0
+        if self._paused_at is not None:  # paused before it started: the pause begins now
+            self._paused_at = self._t0
+        try:
+            await self._attempts()
+        except asyncio.CancelledError:
+            reason = self._stop_reason
+            task = self._task
+            if reason is None:  # cancelled from outside: keep the partial, then propagate
+                await asyncio.shield(self._finish_cancelled())
+                raise
+            if task is not None:
+                task.uncancel()
+            if reason == "cancel":
+                await self._finish_cancelled()
+            else:
+                await self._finish_failed(self._timeout_error(reason))
+        except StreamchatError as err:
+            await self._finish_failed(err)
+        except Exception as exc:  # a bug in an adapter: still keep the partial and say so
+            log.exception("stream %s crashed", self.id)
+            await self._finish_failed(StreamchatError(f"internal error in {self.provider.name} adapter: {exc!r}"))
+        finally:
+            self._cancel_watchdog()
+        return self.snapshot
+
+    async def _attempts(self) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            self._attempt_start = self._active_now()
+            self._last_chunk = self._attempt_start
+            self._set_state("paused" if self._paused_at is not None else "active")
+            await self._emit(
+                StreamStarted(
+                    stream_id=self.id,
+                    lane=self.lane,
+                    stage=self.stage,
+                    provider=self.provider.name,
+                    model=self.provider.model,
+                    attempt=attempt,
+                    continues=self.continues,
+                )
+            )
+            self._arm_watchdog()
+            try:
+                await self._read(self.provider.stream(self.request))
+                return
+            except StreamchatError as err:
+                self._errors += 1
+                if self._tokens or not err.retryable or attempt >= self.retry.max_attempts:
+                    raise
+                delay = self.retry.delay(attempt, err.retry_after)
+                remaining = self._remaining_total()
+                if remaining is not None and delay >= remaining:
+                    raise  # waiting would outlast the total timeout: give the real reason now
+                self._retries += 1
+                await self._emit(
+                    Retrying(stream_id=self.id, lane=self.lane, stage=self.stage,
+                             attempt=attempt, delay=delay, reason=str(err))
+                )
+                self._cancel_watchdog()
+                self._arm_watchdog(total_only=True)
+                await asyncio.sleep(delay)
+
+    async def _read(self, chunks: AsyncIterator[Chunk]) -> None:
+        buffering = self.buffer.enabled
+        resume = self._resume
+        try:
+            while True:
+                if not resume.is_set():
+                    await resume.wait()
+                if buffering and self._pending is not None:
+                    chunk = await self._next_buffered(chunks)
+                else:
+                    self._reading = True
+                    try:
+                        chunk = await chunks.__anext__()
+                    finally:
+                        self._reading = False
+                if chunk is None:  # buffered read hit the end
+                    break
+                self._last_chunk = self._active_now()
+                if chunk.text:
+                    await self._token(chunk)
+                if chunk.usage:
+                    self._usage = {**(self._usage or {}), **chunk.usage}
+                if chunk.finish_reason:
+                    self._finish = chunk.finish_reason
+        except StopAsyncIteration:
+            pass
+        finally:
+            await _aclose(chunks)
+        await self._flush()
+        await self._finish_completed()
+
+    async def _next_buffered(self, chunks: AsyncIterator[Chunk]) -> Chunk | None:
+        """Read the next chunk, but flush pending tokens if ``max_ms`` passes first."""
+        read = asyncio.ensure_future(chunks.__anext__())
+        self._reading = True
+        try:
+            wait = self.buffer.max_ms / 1000 - (time.monotonic() - self._pending_since)
+            if wait > 0:
+                await asyncio.wait((read,), timeout=wait)
+            if not read.done():
+                await self._flush()
+            try:
+                return await read
+            except StopAsyncIteration:
+                return None
+        finally:
+            self._reading = False
+            if not read.done():
+                read.cancel()
+
+    async def _token(self, chunk: Chunk) -> None:
+        if self._first_token_at is None:
+            self._first_token_at = self._last_chunk
+        index = self._tokens
+        self._tokens += 1
+        self._chars += len(chunk.text)
+        self._pieces.append(chunk.text)
+        token = Token(
+            stream_id=self.id, lane=self.lane, stage=self.stage,
+            text=chunk.text, index=index, confidence=chunk.confidence,
+        )
+        if not self.buffer.enabled:
+            await self._emit(token)
+            return
+        if self._pending is None:
+            self._pending = TokenRun(token)
+            self._pending_since = time.monotonic()
+        else:
+            self._pending.add(token)
+        if self._pending.count >= self.buffer.max_tokens:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._pending is not None:
+            run, self._pending = self._pending, None
+            await self._emit(run.token())
+
+    # ------------------------------------------------------------------ endings
+    async def _finish_completed(self) -> None:
+        self._end = self._active_now()
+        text = self.text
+        if self.continues is not None:
+            text = join_continuation(self.continues, "".join(self._pieces))
+        self._set_state("completed")
+        await self._emit(
+            Completed(stream_id=self.id, lane=self.lane, stage=self.stage, text=text,
+                      usage=self._usage, stats=self.stats(), finish_reason=self._finish)
+        )
+
+    async def _finish_failed(self, err: StreamchatError) -> None:
+        self._end = self._active_now()
+        await self._flush()
+        self.error = err
+        self._set_state("failed")
+        await self._emit(
+            Failed(stream_id=self.id, lane=self.lane, stage=self.stage, error=err, partial=self.text,
+                   retryable=err.retryable, stats=self.stats())
+        )
+
+    async def _finish_cancelled(self) -> None:
+        if self._end is None:
+            self._end = self._active_now()
+        await self._flush()
+        self._set_state("cancelled")
+        await self._emit(
+            Cancelled(stream_id=self.id, lane=self.lane, stage=self.stage, partial=self.text, stats=self.stats())
+        )
+
+    # ------------------------------------------------------------------ plumbing
+    def _set_state(self, state: str) -> None:
+        self.state = state
+
+    async def _emit(self, event: Event) -> None:
+        self.snapshot = accumulate(self.snapshot, event)
+        await self.bus.publish(event)
+
+    def _emit_nowait(self, event: Event) -> None:
+        """Publish from a synchronous control call (pause/resume): ordered via the loop."""
+        self.snapshot = accumulate(self.snapshot, event)
+        task = asyncio.ensure_future(self.bus.publish(event))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    # The active clock stands still while paused.
+    def _active_now(self) -> float:
+        now = self._paused_at if self._paused_at is not None else time.monotonic()
+        return now - self._paused_total
+
+    def _remaining_total(self) -> float | None:
+        total = self.timeouts.total
+        if total is None or self._t0 is None:
+            return None
+        return total - (self._active_now() - self._t_active0)
+
+    def _deadline(self, total_only: bool = False) -> tuple[float, str] | None:
+        """The nearest deadline on the active clock, and which timeout it is."""
+        candidates: list[tuple[float, str]] = []
+        t = self.timeouts
+        if t.total is not None:
+            candidates.append((self._t_active0 + t.total, "total"))
+        if not total_only:
+            if self._first_token_at is None and t.first_token is not None:
+                candidates.append((self._attempt_start + t.first_token, "first_token"))
+            elif self._first_token_at is not None and t.idle is not None:
+                candidates.append((self._last_chunk + t.idle, "idle"))
+        return min(candidates) if candidates else None
+
+    def _arm_watchdog(self, total_only: bool = False) -> None:
+        self._cancel_watchdog()
+        if self.done or self._paused_at is not None:
+            return
+        deadline = self._deadline(total_only)
+        if deadline is None:
+            return
+        when, _ = deadline
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, when - self._active_now())
+        self._watchdog = loop.call_later(delay, self._watchdog_fired, total_only)
+
+    def _cancel_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _watchdog_fired(self, total_only: bool) -> None:
+        self._watchdog = None
+        if self.done or self._paused_at is not None:
+            return
+        deadline = self._deadline(total_only)
+        if deadline is None:
+            return
+        when, which = deadline
+        if self._active_now() < when:  # a chunk came since: sleep until the new deadline
+            self._watchdog = asyncio.get_running_loop().call_later(
+                when - self._active_now(), self._watchdog_fired, total_only
+            )
+            return
+        self._interrupt(which)
+
+    def _interrupt(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            self._resume.set()  # a paused stream wakes up to end
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+
+    def _timeout_error(self, which: str) -> StreamTimeoutError:
+        t = self.timeouts
+        name = self.provider.name
+        seconds = {"first_token": t.first_token, "idle": t.idle, "total": t.total}.get(which)
+        what = {
+            "first_token": f"no answer from {name} within {seconds:g} s",
+            "idle": f"{name} stopped sending for {seconds:g} s",
+            "total": f"the answer from {name} took longer than {seconds:g} s",
+        }[which]
+        hint = "the partial answer is kept; try again or raise --timeout" if self._tokens else "try again or raise --timeout"
+        return StreamTimeoutError(f"timed out: {what}: {hint}", which=which, provider=name)
+
+
+_background: set[asyncio.Task] = set()
+
+
+async def _aclose(chunks: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except (StreamchatError, ConnectionLostError):
+        pass
+    except Exception:  # closing a broken connection must not hide why it broke
+        log.debug("closing provider stream failed", exc_info=True)
+
+
+def continue_stream(
+    provider: "Provider",
+    request: ChatRequest,
+    partial: str,
+    **kw,
+) -> Stream:
+    """A stream that continues ``partial`` (a cut-off answer to ``request``) where it stopped.
+
+    The provider builds the continuation request (Anthropic prefill, Ollama/local final assistant
+    message, OpenAI instruction); the finished text is the partial joined with what comes next.
+    """
+    base = partial.rstrip()
+    stream = Stream(provider, provider.continuation(request, base), continues=base, **kw)
+    stream._original_request = request
+    return stream

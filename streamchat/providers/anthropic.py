@@ -1,0 +1,114 @@
+"""Anthropic Claude through the official ``anthropic`` SDK (Messages API, ``stream=True``).
+
+The raw event stream is used rather than the ``messages.stream()`` helper: it does no snapshot
+work per token, and an empty answer is simply an empty answer (the helper's ``get_final_text()``
+raises). Errors: an in-stream ``error`` event arrives as ``APIStatusError`` with status 200 and
+``.type`` set; a dropped or reset connection raises the SDK's own transport errors (``httpx2``,
+not ``httpx``), unwrapped — both are translated here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, AsyncIterator
+
+from ..core.errors import AuthenticationError, StreamchatError
+from ..core.request import ChatRequest, Chunk
+from . import _errors
+from .base import Provider
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+
+
+class AnthropicProvider(Provider):
+    name = "anthropic"
+    key_env = "ANTHROPIC_API_KEY"
+    base_url_env = "ANTHROPIC_BASE_URL"
+    default_base_url = DEFAULT_BASE_URL
+    known_models = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-5")
+
+    @classmethod
+    def has_key(cls) -> bool:
+        return bool(os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN"))
+
+    def prepare(self) -> None:
+        self._get_client()
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            if not self.has_key():
+                raise AuthenticationError("no API key for anthropic: set ANTHROPIC_API_KEY", provider=self.name)
+            import anthropic
+
+            self._client = anthropic.AsyncAnthropic(
+                max_retries=0,  # the stream controller retries, visibly, for every provider alike
+                timeout=anthropic.Timeout(None, connect=self.timeouts.connect),
+            )
+        return self._client
+
+    def _params(self, request: ChatRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "stream": True,
+        }
+        if request.system:
+            params["system"] = request.system
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        return params
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        client = self._get_client()
+        usage: dict[str, int] = {}
+        finish: str | None = None
+        started = False
+        try:
+            response = await client.messages.create(**self._params(request))
+            started = True
+            async with response:
+                async for event in response:
+                    etype = event.type
+                    if etype == "content_block_delta":
+                        delta = event.delta
+                        if delta.type == "text_delta" and delta.text:
+                            yield Chunk(text=delta.text)
+                    elif etype == "message_start":
+                        if event.message.usage is not None:
+                            usage["input_tokens"] = event.message.usage.input_tokens
+                    elif etype == "message_delta":
+                        finish = event.delta.stop_reason or finish
+                        if event.usage is not None:
+                            usage["output_tokens"] = event.usage.output_tokens
+        except StreamchatError:
+            raise
+        except Exception as exc:
+            error = self._translate(exc, started)
+            if error is None:
+                raise
+            raise error from exc
+        yield Chunk(usage=usage or None, finish_reason=finish)
+
+    def _translate(self, exc: Exception, started: bool) -> StreamchatError | None:
+        import anthropic
+
+        endpoint = self.endpoint()
+        if isinstance(exc, anthropic.APIStatusError):
+            etype, message = _errors.body_error(exc.body)
+            return _errors.from_status(
+                self.name,
+                exc.status_code,
+                detail=exc.api_message or message,
+                error_type=exc.type or etype,
+                headers=exc.response.headers,
+                model=self.model,
+            )
+        if isinstance(exc, anthropic.APIConnectionError):
+            return _errors.connection_lost(self.name, exc.__cause__ or exc, endpoint, connecting=not started)
+        if _errors.is_transport_error(exc):
+            return _errors.connection_lost(self.name, exc, endpoint, connecting=not started)
+        if isinstance(exc, anthropic.APIError):
+            etype, message = _errors.body_error(exc.body)
+            return _errors.from_status(self.name, 0, detail=message, error_type=etype)
+        return None

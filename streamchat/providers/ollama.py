@@ -1,0 +1,125 @@
+"""Local or remote Ollama through the official ``ollama`` SDK (``/api/chat``, NDJSON).
+
+The ``ollama`` SDK never retries and has no timeout by default: the stream controller retries,
+and the connect timeout is set here. A mid-stream ``{"error": …}`` line arrives as
+``ResponseError`` with status -1; dropped connections and stalls raise raw ``httpx`` errors.
+A final assistant message is continued by the model (continue). ``ollama:llama3.2:1b`` is the
+model ``llama3.2:1b`` (ids split on the first colon).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, AsyncIterator
+
+from ..core.errors import StreamchatError
+from ..core.request import ChatRequest, Chunk
+from . import _errors
+from .base import Provider, ProviderStatus
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+
+
+def ollama_host() -> str:
+    host = os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
+    return host if "://" in host else f"http://{host}"
+
+
+class OllamaProvider(Provider):
+    name = "ollama"
+    key_env = None
+    known_models = ("llama3.2:1b", "llama3.2", "qwen2.5:0.5b", "gemma3:1b")
+    supports_confidence = True
+
+    def prepare(self) -> None:
+        self._get_client()
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            import httpx
+            import ollama
+
+            self._client = ollama.AsyncClient(
+                host=ollama_host(), timeout=httpx.Timeout(None, connect=self.timeouts.connect)
+            )
+        return self._client
+
+    def _params(self, request: ChatRequest) -> dict[str, Any]:
+        messages: list[dict[str, str]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+        options: dict[str, Any] = {"num_predict": request.max_tokens}
+        if request.temperature is not None:
+            options["temperature"] = request.temperature
+        params: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True, "options": options}
+        if request.confidence:
+            params["logprobs"] = True
+        return params
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        client = self._get_client()
+        started = False
+        parts = None
+        try:
+            parts = await client.chat(**self._params(request))
+            async for part in parts:
+                started = True
+                text = part.message.content if part.message is not None else None
+                confidence = None
+                if part.logprobs:
+                    values = [lp.logprob for lp in part.logprobs]
+                    confidence = min(1.0, math.exp(sum(values) / len(values)))
+                if part.done:
+                    usage = None
+                    if part.prompt_eval_count is not None or part.eval_count is not None:
+                        usage = {"input_tokens": part.prompt_eval_count or 0, "output_tokens": part.eval_count or 0}
+                    yield Chunk(text=text or "", confidence=confidence, usage=usage,
+                                finish_reason=part.done_reason or "stop")
+                elif text:
+                    yield Chunk(text=text, confidence=confidence)
+        except StreamchatError:
+            raise
+        except Exception as exc:
+            error = self._translate(exc, started)
+            if error is None:
+                raise
+            raise error from exc
+        finally:
+            if parts is not None:
+                await parts.aclose()  # closes the HTTP response (cancel, or an early stop)
+
+    def _translate(self, exc: Exception, started: bool) -> StreamchatError | None:
+        import ollama
+
+        if isinstance(exc, ollama.ResponseError):
+            return _errors.from_status(self.name, exc.status_code, detail=exc.error, model=self.model)
+        if _errors.is_transport_error(exc):
+            return _errors.connection_lost(self.name, exc, ollama_host(), connecting=not started)
+        return None
+
+    @classmethod
+    def endpoint(cls) -> str:
+        return ollama_host()
+
+    @classmethod
+    async def status(cls, timeout: float = 0.5) -> ProviderStatus:
+        """Reachable when ``GET /api/tags`` answers within ``timeout``; lists the pulled models."""
+        import httpx
+
+        host = ollama_host()
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                response = await client.get(f"{host}/api/tags")
+                response.raise_for_status()
+                models = [m.get("name") or m.get("model") for m in response.json().get("models", [])]
+        except Exception as exc:  # any failure means: not usable right now
+            reason = "no answer" if "Timeout" in type(exc).__name__ else "not reachable"
+            return ProviderStatus(cls.name, False, f"server {reason} at {host} (ollama serve; OLLAMA_HOST)",
+                                  list(cls.known_models), host)
+        pulled = [m for m in models if m]
+        if not pulled:
+            return ProviderStatus(cls.name, True, f"server up at {host}, no model pulled (ollama pull llama3.2:1b)", [], host)
+        detail = f"server up at {host}, {len(pulled)} model{'s' if len(pulled) != 1 else ''} pulled"
+        return ProviderStatus(cls.name, True, detail, pulled, host)

@@ -1,0 +1,131 @@
+"""OpenAI GPT through the official ``openai`` SDK (Chat Completions, ``stream=True``).
+
+Usage is asked for with ``stream_options`` (a final chunk with ``choices: []``); compatible servers
+that ignore it still work. With ``ChatRequest.confidence`` the request asks for ``logprobs`` and each
+chunk's confidence is ``exp(mean logprob)`` of its tokens; a server that sends none gives None.
+An error mid-stream arrives as a bare ``APIError`` (no status); a dropped connection as
+``APIConnectionError``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, AsyncIterator
+
+from ..core.errors import AuthenticationError, StreamchatError
+from ..core.request import ChatRequest, Chunk, Message
+from . import _errors
+from .base import Provider
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+CONTINUE_INSTRUCTION = (
+    "Continue your previous answer exactly where it stopped, mid-word if need be. "
+    "Do not repeat anything already written and do not add any preamble."
+)
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+    key_env = "OPENAI_API_KEY"
+    base_url_env = "OPENAI_BASE_URL"
+    default_base_url = DEFAULT_BASE_URL
+    known_models = ("gpt-4.1-mini", "gpt-4.1", "gpt-4o-mini", "gpt-4o")
+    supports_confidence = True
+
+    def prepare(self) -> None:
+        self._get_client()
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            if not self.has_key():
+                raise AuthenticationError("no API key for openai: set OPENAI_API_KEY", provider=self.name)
+            import openai
+
+            self._client = openai.AsyncOpenAI(
+                max_retries=0,  # the stream controller retries, visibly, for every provider alike
+                timeout=openai.Timeout(None, connect=self.timeouts.connect),
+            )
+        return self._client
+
+    def _params(self, request: ChatRequest) -> dict[str, Any]:
+        messages: list[dict[str, str]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        # OpenAI's own API wants max_completion_tokens; many compatible servers only know max_tokens.
+        key = "max_tokens" if os.environ.get("OPENAI_BASE_URL") else "max_completion_tokens"
+        params[key] = request.max_tokens
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.confidence:
+            params["logprobs"] = True
+        return params
+
+    def continuation(self, request: ChatRequest, partial: str) -> ChatRequest:
+        """OpenAI has no prefill: send the partial as an assistant turn and ask to go on."""
+        messages = request.messages
+        if messages and messages[-1].role == "assistant":
+            messages = messages[:-1]
+        return request.with_messages(
+            messages + (Message("assistant", partial.rstrip()), Message("user", CONTINUE_INSTRUCTION))
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        client = self._get_client()
+        started = False
+        try:
+            response = await client.chat.completions.create(**self._params(request))
+            started = True
+            async with response:
+                async for chunk in response:
+                    usage = None
+                    if chunk.usage is not None:
+                        usage = {
+                            "input_tokens": chunk.usage.prompt_tokens,
+                            "output_tokens": chunk.usage.completion_tokens,
+                        }
+                    if not chunk.choices:
+                        if usage:
+                            yield Chunk(usage=usage)
+                        continue
+                    choice = chunk.choices[0]
+                    text = choice.delta.content if choice.delta is not None else None
+                    confidence = None
+                    logprobs = choice.logprobs
+                    if logprobs is not None and logprobs.content:
+                        values = [entry.logprob for entry in logprobs.content]
+                        confidence = min(1.0, math.exp(sum(values) / len(values)))
+                    if text or usage or choice.finish_reason:
+                        yield Chunk(text=text or "", confidence=confidence, usage=usage,
+                                    finish_reason=choice.finish_reason)
+        except StreamchatError:
+            raise
+        except Exception as exc:
+            error = self._translate(exc, started)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _translate(self, exc: Exception, started: bool) -> StreamchatError | None:
+        import openai
+
+        endpoint = self.endpoint()
+        if isinstance(exc, openai.APIStatusError):
+            etype, message = _errors.body_error(exc.body)
+            return _errors.from_status(self.name, exc.status_code, detail=message, error_type=etype,
+                                       headers=exc.response.headers, model=self.model)
+        if isinstance(exc, openai.APIConnectionError):
+            return _errors.connection_lost(self.name, exc.__cause__ or exc, endpoint, connecting=not started)
+        if isinstance(exc, openai.APIError):  # an error event inside a stream that had started well
+            etype, message = _errors.body_error(exc.body)
+            return _errors.from_status(self.name, 0, detail=message or exc.message, error_type=etype)
+        if _errors.is_transport_error(exc):
+            return _errors.connection_lost(self.name, exc, endpoint, connecting=not started)
+        return None
