@@ -124,31 +124,44 @@ class Subscription:
 
     # -- producer side (called by the bus) ------------------------------------------------
     def _offer(self, event: Event) -> asyncio.Future | None:
+        if self._terminal_seen:  # a per-stream subscription whose stream has ended
+            return None
         queue = self._queue
         if len(queue) >= self.maxsize:
-            if self.policy == "coalesce" and type(event) is Token:
-                last = queue[-1]
-                if type(last) is TokenRun and last.matches(event):
-                    last.add(event)
-                    self.coalesced += 1
-                    return None
-                if type(last) is Token and TokenRun(last).matches(event):
-                    run = TokenRun(last)
-                    run.add(event)
-                    queue[-1] = run
-                    self.coalesced += 1
-                    return None
-            else:
+            if self.policy == "block":
                 fut = asyncio.get_running_loop().create_future()
                 self._putters.append(fut)
                 return fut
+            if type(event) is Token and self._coalesce(event):
+                return None
+            # coalesce: anything that cannot merge is queued anyway (control events are few)
         queue.append(event)
+        if self.stream_id is not None and isinstance(event, TERMINAL_EVENTS):
+            self._terminal_seen = True
         getter = self._getter
         if getter is not None:
             self._getter = None
             if not getter.done():
                 getter.set_result(None)
         return None
+
+    def _coalesce(self, token: Token) -> bool:
+        """Merge ``token`` into the last queued token of the same stream/lane/stage, if any."""
+        last = self._queue[-1]
+        if type(last) is TokenRun:
+            if not last.matches(token):
+                return False
+            last.add(token)
+        elif type(last) is Token:
+            run = TokenRun(last)
+            if not run.matches(token):
+                return False
+            run.add(token)
+            self._queue[-1] = run
+        else:
+            return False
+        self.coalesced += 1
+        return True
 
     def _wake_putters(self) -> None:
         while self._putters and len(self._queue) < self.maxsize:

@@ -249,6 +249,8 @@ def accumulate(snapshot: ResponseSnapshot | None, event: Event) -> ResponseSnaps
             _n=n,
         )
     if isinstance(event, StreamStarted):
+        if event.continues and snapshot._n == 0:  # a continuation starts from the partial
+            snapshot = replace(snapshot, _rope=_Rope([event.continues]), _n=1, chars=len(event.continues))
         return replace(
             snapshot,
             state="active",
