@@ -372,18 +372,27 @@ class Stream:
                 if chunk is None:  # buffered read hit the end
                     break
                 self._last_chunk = self._active_now()
-                if chunk.text:
-                    await self._token(chunk)
-                if chunk.usage:
-                    self._usage = {**(self._usage or {}), **chunk.usage}
-                if chunk.finish_reason:
-                    self._finish = chunk.finish_reason
+                if not resume.is_set():  # paused while this chunk was on its way: hold it
+                    try:
+                        await resume.wait()
+                    except asyncio.CancelledError:
+                        await self._take(chunk)  # every word that arrived belongs to the partial
+                        raise
+                await self._take(chunk)
         except StopAsyncIteration:
             pass
         finally:
             await _aclose(chunks)
         await self._flush()
         await self._finish_completed()
+
+    async def _take(self, chunk: Chunk) -> None:
+        if chunk.text:
+            await self._token(chunk)
+        if chunk.usage:
+            self._usage = {**(self._usage or {}), **chunk.usage}
+        if chunk.finish_reason:
+            self._finish = chunk.finish_reason
 
     async def _next_buffered(self, chunks: AsyncIterator[Chunk]) -> Chunk | None:
         """Read the next chunk, but flush pending tokens if ``max_ms`` passes first."""
