@@ -219,7 +219,9 @@ async def test_first_token_timeout(server, provider_name):
 async def test_idle_timeout_keeps_the_partial(server, provider_name):
     stream, bus = make(provider_name, "stall", timeouts=Timeouts(first_token=5, idle=0.5))
     sub = bus.subscribe(stream_id=stream.id)
+    started = time.monotonic()
     await stream.run()
+    assert time.monotonic() - started < 2.0  # the idle limit, not the longer first-token one
     events = [e async for e in sub]
     assert isinstance(stream.error, StreamTimeoutError) and stream.error.which == "idle"
     assert isinstance(events[-1], Failed) and events[-1].partial == stream.text

@@ -416,6 +416,7 @@ class Stream:
     async def _token(self, chunk: Chunk) -> None:
         if self._first_token_at is None:
             self._first_token_at = self._last_chunk
+            self._arm_watchdog()  # from the first-token deadline to the (often shorter) idle one
         index = self._tokens
         self._tokens += 1
         self._chars += len(chunk.text)
