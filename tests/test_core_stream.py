@@ -315,3 +315,19 @@ async def test_missing_key_fails_clearly_without_a_request(server, provider_env,
     await stream.run()
     assert stream.state == "failed" and "OPENAI_API_KEY" in str(stream.error)
     assert not server.requests
+
+
+async def test_snapshot_agrees_with_folding_the_events(server, provider_name):
+    from streamchat.core.events import accumulate
+
+    stream, bus = make(provider_name, "error-mid")
+    sub = bus.subscribe(stream_id=stream.id, policy="block")
+    task = stream.start()
+    folded = None
+    async for event in sub:
+        folded = accumulate(folded, event)
+    await task
+    live = stream.snapshot
+    assert (folded.text, folded.state, folded.tokens, folded.provider, folded.model) == (
+        live.text, live.state, live.tokens, live.provider, live.model)
+    assert type(folded.error) is type(live.error) and folded.state == "failed"

@@ -217,6 +217,11 @@ class ResponseSnapshot:
     _rope: _Rope = field(default_factory=_Rope, repr=False, compare=False)
     _n: int = 0
 
+    @classmethod
+    def with_text(cls, text: str, **fields: Any) -> "ResponseSnapshot":
+        """A snapshot whose answer so far is ``text``."""
+        return cls(_rope=_Rope([text]), _n=1, chars=len(text), **fields)
+
     @property
     def text(self) -> str:
         return self._rope.text(self._n)

@@ -46,7 +46,6 @@ from .events import (
     StreamStarted,
     StreamStats,
     Token,
-    accumulate,
 )
 from .request import ChatRequest, Chunk, join_continuation
 
@@ -142,7 +141,6 @@ class Stream:
         self._original_request = request  # for a continuation: the request it continues
 
         self.state = "pending"
-        self.snapshot = ResponseSnapshot(stream_id=self.id, lane=lane, stage=stage)
         self.error: StreamchatError | None = None
         self._task: asyncio.Task | None = None
         self._resume = asyncio.Event()
@@ -216,6 +214,18 @@ class Stream:
     @property
     def done(self) -> bool:
         return self.state in ("completed", "cancelled", "failed")
+
+    @property
+    def snapshot(self) -> ResponseSnapshot:
+        """What is known of the response now — the same as folding its events with
+        :func:`~streamchat.core.events.accumulate`, built on demand (no per-token cost)."""
+        stats = self.stats()
+        return ResponseSnapshot.with_text(
+            self.text, stream_id=self.id, state=self.state, provider=self.provider.name,
+            model=self.provider.model, lane=self.lane, stage=self.stage, tokens=stats.tokens,
+            error=self.error, usage=self._usage, stats=stats if self.done else None,
+            finish_reason=self._finish,
+        )
 
     @property
     def text(self) -> str:
@@ -477,12 +487,10 @@ class Stream:
         self.state = state
 
     async def _emit(self, event: Event) -> None:
-        self.snapshot = accumulate(self.snapshot, event)
         await self.bus.publish(event)
 
     def _emit_nowait(self, event: Event) -> None:
         """Publish from a synchronous control call (pause/resume): ordered via the loop."""
-        self.snapshot = accumulate(self.snapshot, event)
         task = asyncio.ensure_future(self.bus.publish(event))
         _background.add(task)
         task.add_done_callback(_background.discard)
