@@ -331,3 +331,49 @@ async def test_snapshot_agrees_with_folding_the_events(server, provider_name):
     assert (folded.text, folded.state, folded.tokens, folded.provider, folded.model) == (
         live.text, live.state, live.tokens, live.provider, live.model)
     assert type(folded.error) is type(live.error) and folded.state == "failed"
+
+
+async def test_a_steady_stream_gives_one_event_per_token(server, provider_name):
+    server.slow_rate, server.slow_tokens = 50, 20
+    stream, bus = make(provider_name, "slow")
+    sub = bus.subscribe(stream_id=stream.id, policy="block")
+    task = stream.start()
+    tokens = [e async for e in sub if isinstance(e, Token)]
+    await task
+    assert [t.count for t in tokens] == [1] * 20
+    assert [t.text for t in tokens] == server.tokens_for("slow")
+
+
+async def test_a_burst_is_published_in_few_events_with_nothing_lost(server, provider_name):
+    server.firehose_tokens = 5000
+    stream, bus = make(provider_name, "firehose")
+    sub = bus.subscribe(stream_id=stream.id, policy="block")
+    task = stream.start()
+    tokens = [e async for e in sub if isinstance(e, Token)]
+    await task
+    assert "".join(t.text for t in tokens) == "".join(server.tokens_for("firehose"))
+    assert sum(t.count for t in tokens) == stream.stats().tokens == 5000
+    assert [t.index for t in tokens] == sorted({t.index for t in tokens})
+    assert len(tokens) < 5000 / 2 and max(t.count for t in tokens) <= 256
+
+
+async def test_confidence_tokens_are_never_merged(server, provider_env):
+    server.firehose_tokens = 500
+    provider = create_provider("openai:firehose")
+    stream = Stream(provider, ChatRequest.from_prompt("hi", confidence=True))
+    sub = stream.bus.subscribe(stream_id=stream.id, policy="block")
+    task = stream.start()
+    tokens = [e async for e in sub if isinstance(e, Token)]
+    await task
+    assert len(tokens) == 500 and all(t.count == 1 for t in tokens)
+    assert all(0 < t.confidence <= 1 for t in tokens) and len({t.confidence for t in tokens}) > 3
+
+
+async def test_exact_mode_publishes_every_token(server, provider_env):
+    server.firehose_tokens = 500
+    stream, bus = make("ollama", "firehose", buffer=BufferPolicy(merge=False))
+    sub = bus.subscribe(stream_id=stream.id, policy="block")
+    task = stream.start()
+    tokens = [e async for e in sub if isinstance(e, Token)]
+    await task
+    assert [t.index for t in tokens] == list(range(500)) and all(t.count == 1 for t in tokens)

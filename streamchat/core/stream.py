@@ -32,7 +32,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator
 
-from .bus import EventBus, TokenRun
+from ._aio import Rest, step_now
+from .bus import EventBus
 from .errors import ConnectionLostError, StreamchatError, StreamTimeoutError
 from .events import (
     Cancelled,
@@ -85,15 +86,35 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class BufferPolicy:
-    """Publish tokens in groups: after ``max_tokens`` tokens or ``max_ms`` milliseconds, whichever
-    comes first. ``max_tokens=1`` (the default) publishes every token at once."""
+    """How tokens become :class:`Token` events.
+
+    By default (``merge=True``, ``max_tokens=1``) tokens that the SDK had already received when read
+    — a burst, e.g. a firehose — are published together as one event (``count`` > 1) just before
+    the stream next waits for the network; a token that had to be waited for goes out at once. So a
+    steady stream gives one event per token with no added latency, and a firehose costs per burst,
+    not per token. Tokens carrying a confidence are always published one by one.
+
+    ``max_tokens`` > 1 holds tokens back until that many are pending or the oldest is ``max_ms`` old,
+    whichever comes first. ``merge=False`` publishes exactly one event per token, always.
+    """
 
     max_tokens: int = 1
     max_ms: float = 0.0
+    merge: bool = True
+    #: with the default policy, a burst is published at least every this many tokens
+    burst_limit: int = 256
 
     @property
-    def enabled(self) -> bool:
-        return self.max_tokens > 1
+    def limit(self) -> int:
+        """Publish when this many tokens are pending."""
+        if not self.merge:
+            return 1
+        return self.max_tokens if self.max_tokens > 1 else self.burst_limit
+
+    @property
+    def hold_s(self) -> float:
+        """How long pending tokens may wait for more before being published."""
+        return self.max_ms / 1000 if self.max_tokens > 1 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +186,10 @@ class Stream:
         self._pieces: list[str] = []
         self._usage: dict[str, int] | None = None
         self._finish: str | None = None
-        self._pending: TokenRun | None = None
-        self._pending_since = 0.0
+        self._confidences: list[float | None] = []
+        self._published = 0  # tokens [0, _published) are on the bus
+        self._run_since = 0.0  # when the oldest unpublished token arrived
+        self._run_exact = False  # an unpublished token carries a confidence
 
     # ------------------------------------------------------------------ public control
     def start(self) -> asyncio.Task:
@@ -365,30 +388,26 @@ class Stream:
                 await asyncio.sleep(delay)
 
     async def _read(self, chunks: AsyncIterator[Chunk]) -> None:
-        buffering = self.buffer.enabled
+        """Pull chunks until the provider is done; publish tokens as described in BufferPolicy."""
         resume = self._resume
+        buffer = self.buffer
         try:
             while True:
                 if not resume.is_set():
+                    await self._flush()  # show everything that arrived before the pause
                     await resume.wait()
-                if buffering and self._pending is not None:
-                    chunk = await self._next_buffered(chunks)
-                else:
-                    self._reading = True
-                    try:
-                        chunk = await chunks.__anext__()
-                    finally:
-                        self._reading = False
-                if chunk is None:  # buffered read hit the end
-                    break
+                chunk, rest = step_now(chunks.__anext__())
+                if rest is not None:  # nothing buffered: the next chunk needs the network
+                    chunk = await self._wait_for_chunk(rest)
                 self._last_chunk = self._active_now()
                 if not resume.is_set():  # paused while this chunk was on its way: hold it
                     try:
                         await resume.wait()
                     except asyncio.CancelledError:
-                        await self._take(chunk)  # every word that arrived belongs to the partial
+                        self._take(chunk)  # every word that arrived belongs to the partial
                         raise
-                await self._take(chunk)
+                if self._take(chunk) and self._unpublished() >= buffer.limit:
+                    await self._flush()
         except StopAsyncIteration:
             pass
         finally:
@@ -396,60 +415,70 @@ class Stream:
         await self._flush()
         await self._finish_completed()
 
-    async def _take(self, chunk: Chunk) -> None:
-        if chunk.text:
-            await self._token(chunk)
+    async def _wait_for_chunk(self, rest: Rest) -> Chunk:
+        """Finish a read that must wait — publishing pending tokens first, unless the buffer
+        policy holds them; then a timer publishes them when their time is up, even if the next
+        chunk is slow. (The read itself must stay in this task: the SDKs' cancel scopes are bound
+        to it.)"""
+        if self._unpublished() == 0:
+            return await rest
+        hold = self.buffer.hold_s - (time.monotonic() - self._run_since)
+        if hold <= 0:
+            await self._flush()
+            return await rest
+        flushing: list[asyncio.Task] = []
+        timer = asyncio.get_running_loop().call_later(
+            hold, lambda: flushing.append(asyncio.ensure_future(self._flush()))
+        )
+        try:
+            return await rest
+        finally:
+            timer.cancel()
+            if flushing:  # keep events in order: the timed flush goes out before anything newer
+                await asyncio.wait(flushing)
+
+    def _take(self, chunk: Chunk) -> bool:
+        """Count a chunk in; returns True if it added text. Tokens are published by _flush."""
         if chunk.usage:
             self._usage = {**(self._usage or {}), **chunk.usage}
         if chunk.finish_reason:
             self._finish = chunk.finish_reason
-
-    async def _next_buffered(self, chunks: AsyncIterator[Chunk]) -> Chunk | None:
-        """Read the next chunk, but flush pending tokens if ``max_ms`` passes first."""
-        read = asyncio.ensure_future(chunks.__anext__())
-        self._reading = True
-        try:
-            wait = self.buffer.max_ms / 1000 - (time.monotonic() - self._pending_since)
-            if wait > 0:
-                await asyncio.wait((read,), timeout=wait)
-            if not read.done():
-                await self._flush()
-            try:
-                return await read
-            except StopAsyncIteration:
-                return None
-        finally:
-            self._reading = False
-            if not read.done():
-                read.cancel()
-
-    async def _token(self, chunk: Chunk) -> None:
+        text = chunk.text
+        if not text:
+            return False
         if self._first_token_at is None:
             self._first_token_at = self._last_chunk
             self._arm_watchdog()  # from the first-token deadline to the (often shorter) idle one
-        index = self._tokens
+        pieces = self._pieces
+        if len(pieces) == self._published:
+            self._run_since = time.monotonic()
+        pieces.append(text)
+        self._confidences.append(chunk.confidence)
         self._tokens += 1
-        self._chars += len(chunk.text)
-        self._pieces.append(chunk.text)
-        token = Token(
-            stream_id=self.id, lane=self.lane, stage=self.stage,
-            text=chunk.text, index=index, confidence=chunk.confidence,
-        )
-        if not self.buffer.enabled:
-            await self._emit(token)
-            return
-        if self._pending is None:
-            self._pending = TokenRun(token)
-            self._pending_since = time.monotonic()
-        else:
-            self._pending.add(token)
-        if self._pending.count >= self.buffer.max_tokens:
-            await self._flush()
+        self._chars += len(text)
+        if chunk.confidence is not None:  # exact per-token confidence is never merged away
+            self._run_exact = True
+        return True
+
+    def _unpublished(self) -> int:
+        return len(self._pieces) - self._published
 
     async def _flush(self) -> None:
-        if self._pending is not None:
-            run, self._pending = self._pending, None
-            await self._emit(run.token())
+        """Publish the tokens not yet published: one event, or one per token when any carries a
+        confidence (so colouring by confidence stays exact)."""
+        start, end = self._published, len(self._pieces)
+        if end == start:
+            return
+        self._published = end
+        pieces, ids = self._pieces, dict(stream_id=self.id, lane=self.lane, stage=self.stage)
+        if self._run_exact or not self.buffer.merge:
+            self._run_exact = False
+            confidences = self._confidences
+            for i in range(start, end):
+                await self._emit(Token(**ids, text=pieces[i], index=i, confidence=confidences[i]))
+            return
+        text = pieces[start] if end - start == 1 else "".join(pieces[start:end])
+        await self._emit(Token(**ids, text=text, index=start, count=end - start))
 
     # ------------------------------------------------------------------ endings
     async def _finish_completed(self) -> None:
