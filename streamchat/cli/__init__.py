@@ -16,6 +16,7 @@ app = typer.Typer(
     name="streamchat",
     help="Stream answers from Claude, GPT, Ollama and an embedded local model — and steer them live.",
     add_completion=False,
+    rich_markup_mode=None,  # plain click help: rich's markdown help costs ~150 ms of start-up
     no_args_is_help=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -71,8 +72,8 @@ def _settings():
 @app.callback(invoke_without_command=True)
 def _root(
     ctx: typer.Context,
-    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="PROVIDER:MODEL (repeatable)."),
-    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PROVIDER:MODEL", help="Model to chat with."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", metavar="TEXT", help="System prompt."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     version: bool = typer.Option(False, "--version", help="Show the version and exit."),
 ) -> None:
@@ -89,20 +90,20 @@ def _root(
     if ctx.invoked_subcommand is None:
         from .chat import run_chat
 
-        code = _run(lambda: run_chat(settings=_settings(), model=(model or [None])[0], system=system))
+        code = _run(lambda: run_chat(settings=_settings(), model=model, system=system))
         raise typer.Exit(code or 0)
 
 
 @app.command()
 def ask(
-    prompt: Optional[str] = typer.Argument(None, help="The question; '-' or nothing reads it from stdin."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="PROVIDER:MODEL, e.g. openai:gpt-4o-mini."),
-    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", "-t", min=0.1, help="Seconds the whole answer may take."),
+    prompt: Optional[str] = typer.Argument(None, metavar="PROMPT", help="The question; '-' or nothing reads it from stdin.", show_default=False),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PROVIDER:MODEL", help="e.g. openai:gpt-4o-mini, ollama:llama3.2:1b, local:smollm2."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", metavar="TEXT", help="System prompt."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", "-t", min=0.1, metavar="SECONDS", help="Seconds the whole answer may take."),
     json: bool = typer.Option(False, "--json", help="Write the stream events as NDJSON instead of text."),
     confidence: bool = typer.Option(False, "--confidence", help="Ask for per-token probabilities (logprobs)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Most tokens in the answer."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, max=2.0, help="Sampling temperature."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, metavar="N", help="Most tokens in the answer."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, max=2.0, metavar="T", help="Sampling temperature (0–2)."),
 ) -> None:
     """Ask one question and stream the answer to stdout."""
     from .ask import read_prompt, run_ask
@@ -131,4 +132,17 @@ def models(
 
 
 def main() -> None:
-    app()
+    """Entry point: like ``app()``, but a usage error is one line too (``error: …``, exit 2)."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.stderr.write("cancelled\n")
+        code = 130
+    except typer.TyperException as exc:  # click's usage errors (bad option, missing value …)
+        format_message = getattr(exc, "format_message", None)
+        message = format_message() if format_message else str(exc)
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        sys.stderr.write(f"error: {message}{where}\n")
+        code = getattr(exc, "exit_code", 2)
+    sys.exit(code if isinstance(code, int) else 0)
