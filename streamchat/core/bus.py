@@ -41,6 +41,10 @@ from .events import (
     Completed,
     Event,
     Failed,
+    Paused,
+    Progress,
+    Resumed,
+    Retrying,
     StreamStarted,
     Token,
 )
@@ -227,28 +231,33 @@ class Subscription:
 class HandlerHandle:
     """Returned by :meth:`EventBus.register`; give it to :meth:`EventBus.unregister`."""
 
-    __slots__ = ("id", "handler", "stream_id", "hooks")
+    __slots__ = ("id", "handler", "stream_id", "hooks", "_fallback")
 
     def __init__(self, id: int, handler: Any, stream_id: str | None) -> None:
         self.id = id
         self.handler = handler
         self.stream_id = stream_id
-        # event type -> callable(event); only the hooks the handler actually has
-        self.hooks: dict[type, list[Callable[[Event], Any]]] = {}
-        on_event = getattr(handler, "on_event", None)
-        pairs: list[tuple[type, str, Callable[[Any], tuple]]] = [
-            (StreamStarted, "on_stream_start", lambda e: (e.metadata,)),
-            (Token, "on_token_received", lambda e: (e.text, e.index)),
-            (Completed, "on_stream_complete", lambda e: (e.text,)),
-            (Failed, "on_stream_error", lambda e: (e.error,)),
-            (Cancelled, "on_stream_cancel", lambda e: (e.partial,)),
+        # event type -> the calls to make for it (each takes the event); only hooks it has
+        self.hooks: dict[type, tuple[Callable[[Event], Any], ...]] = {}
+        adapters: list[tuple[type, str, Callable[[Callable], Callable[[Any], Any]]]] = [
+            (StreamStarted, "on_stream_start", lambda m: lambda e: m(e.metadata)),
+            (Token, "on_token_received", lambda m: lambda e: m(e.text, e.index)),
+            (Completed, "on_stream_complete", lambda m: lambda e: m(e.text)),
+            (Failed, "on_stream_error", lambda m: lambda e: m(e.error)),
+            (Cancelled, "on_stream_cancel", lambda m: lambda e: m(e.partial)),
         ]
-        for etype, name, args in pairs:
-            method = getattr(handler, name, None)
-            if method is not None:
-                self.hooks.setdefault(etype, []).append(lambda e, m=method, a=args: m(*a(e)))
-        if on_event is not None:
-            self.hooks[Event] = [on_event]
+        on_event = getattr(handler, "on_event", None)
+        for etype in (StreamStarted, Token, Progress, Paused, Resumed, Retrying, Completed, Failed, Cancelled):
+            calls: list[Callable[[Event], Any]] = []
+            for kind, name, adapt in adapters:
+                method = getattr(handler, name, None)
+                if kind is etype and method is not None:
+                    calls.append(adapt(method))
+            if on_event is not None:
+                calls.append(on_event)
+            if calls:
+                self.hooks[etype] = tuple(calls)
+        self._fallback = (on_event,) if on_event is not None else ()
 
     def __repr__(self) -> str:
         return f"<HandlerHandle {self.id} {type(self.handler).__name__}>"
@@ -308,16 +317,17 @@ class EventBus:
         for handle in self._handlers:
             if handle.stream_id is not None and handle.stream_id != event.stream_id:
                 continue
-            hooks = handle.hooks
-            for key in (etype, Event):
-                for hook in hooks.get(key, ()):
-                    try:
-                        result = hook(event)
-                        if inspect.isawaitable(result):
-                            self._track(handle, result)
-                    except Exception:
-                        self.handler_errors += 1
-                        log.exception("stream handler %r failed on %s; it was skipped", handle, event.type)
+            calls = handle.hooks.get(etype)
+            if calls is None:
+                calls = handle._fallback  # an event type of someone else's: on_event only
+            for call in calls:
+                try:
+                    result = call(event)
+                    if result is not None and inspect.isawaitable(result):
+                        self._track(handle, result)
+                except Exception:
+                    self.handler_errors += 1
+                    log.exception("stream handler %r failed on %s; it was skipped", handle, event.type)
 
     def _track(self, handle: HandlerHandle, awaitable: Any) -> None:
         task = asyncio.ensure_future(awaitable)

@@ -390,7 +390,9 @@ class Stream:
     async def _read(self, chunks: AsyncIterator[Chunk]) -> None:
         """Pull chunks until the provider is done; publish tokens as described in BufferPolicy."""
         resume = self._resume
-        buffer = self.buffer
+        limit = self.buffer.limit
+        pieces = self._pieces
+        take = self._take
         try:
             while True:
                 if not resume.is_set():
@@ -399,14 +401,15 @@ class Stream:
                 chunk, rest = step_now(chunks.__anext__())
                 if rest is not None:  # nothing buffered: the next chunk needs the network
                     chunk = await self._wait_for_chunk(rest)
-                self._last_chunk = self._active_now()
-                if not resume.is_set():  # paused while this chunk was on its way: hold it
-                    try:
-                        await resume.wait()
-                    except asyncio.CancelledError:
-                        self._take(chunk)  # every word that arrived belongs to the partial
-                        raise
-                if self._take(chunk) and self._unpublished() >= buffer.limit:
+                    # the clock is read only after a real wait: a burst arrives all at once
+                    self._last_chunk = self._active_now()
+                    if not resume.is_set():  # paused while this chunk was on its way: hold it
+                        try:
+                            await resume.wait()
+                        except asyncio.CancelledError:
+                            take(chunk)  # every word that arrived belongs to the partial
+                            raise
+                if take(chunk) and len(pieces) - self._published >= limit:
                     await self._flush()
         except StopAsyncIteration:
             pass
