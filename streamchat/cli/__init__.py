@@ -49,7 +49,7 @@ def _run(main: Callable[[], Any]) -> Any:
         if _state["debug"]:
             raise
         _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         sys.stderr.write("cancelled\n")
         raise typer.Exit(130)
     except (typer.Exit, typer.Abort):

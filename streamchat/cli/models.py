@@ -17,9 +17,12 @@ async def gather_status(timeout: float = 0.5) -> list[ProviderStatus]:
     async def one(name: str) -> ProviderStatus:
         try:
             cls = provider_class(name)
-            return await asyncio.wait_for(cls.status(timeout=timeout), timeout + 0.5)
+            # the check bounds its own network wait; the outer bound only catches a hung plugin
+            return await asyncio.wait_for(cls.status(timeout=timeout), timeout + 5.0)
+        except asyncio.TimeoutError:
+            return ProviderStatus(name, False, "status check timed out")
         except Exception as exc:  # a broken plugin must not break the list
-            return ProviderStatus(name, False, f"unavailable: {exc}")
+            return ProviderStatus(name, False, f"unavailable: {exc or type(exc).__name__}")
 
     return list(await asyncio.gather(*(one(name) for name in provider_names())))
 

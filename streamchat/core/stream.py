@@ -128,7 +128,7 @@ class StreamStatus:
 
 
 class _Cancel(Exception):
-    """Internal: the stream was cancelled or a deadline fired (see ``Stream._stop_reason``)."""
+    """Internal: cancel() was called from inside the stream's own task (see ``_stop_reason``)."""
 
 
 class Stream:
@@ -327,13 +327,13 @@ class Stream:
             self._paused_at = self._t0
         try:
             await self._attempts()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _Cancel) as interrupt:
             reason = self._stop_reason
             task = self._task
             if reason is None:  # cancelled from outside: keep the partial, then propagate
                 await asyncio.shield(self._finish_cancelled())
                 raise
-            if task is not None:
+            if task is not None and isinstance(interrupt, asyncio.CancelledError):
                 task.uncancel()
             if reason == "cancel":
                 await self._finish_cancelled()
@@ -395,6 +395,8 @@ class Stream:
         take = self._take
         try:
             while True:
+                if self._stop_reason is not None:  # cancel() from a handler in this task
+                    raise _Cancel
                 if not resume.is_set():
                     await self._flush()  # show everything that arrived before the pause
                     await resume.wait()
@@ -416,6 +418,8 @@ class Stream:
         finally:
             await _aclose(chunks)
         await self._flush()
+        if self._stop_reason is not None:  # a handler cancelled while the last tokens went out
+            raise _Cancel
         await self._finish_completed()
 
     async def _wait_for_chunk(self, rest: Rest) -> Chunk:
@@ -587,8 +591,11 @@ class Stream:
         if self._stop_reason is None:
             self._stop_reason = reason
             self._resume.set()  # a paused stream wakes up to end
-            if self._task is not None and not self._task.done():
-                self._task.cancel()
+            task = self._task
+            # Called from inside the stream's own task (a handler reacting to an event): the read
+            # loop sees _stop_reason at its next step; cancelling ourselves would leak.
+            if task is not None and not task.done() and asyncio.current_task() is not task:
+                task.cancel()
 
     def _timeout_error(self, which: str) -> StreamTimeoutError:
         t = self.timeouts

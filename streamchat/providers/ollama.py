@@ -41,9 +41,18 @@ class OllamaProvider(Provider):
             import ollama
 
             self._client = ollama.AsyncClient(
-                host=ollama_host(), timeout=httpx.Timeout(None, connect=self.timeouts.connect)
+                host=ollama_host(),
+                timeout=httpx.Timeout(None, connect=self.timeouts.connect),
+                # the SDK's ResponseError carries no headers: keep them for retry-after
+                event_hooks={"response": [self._remember_error_headers]},
             )
         return self._client
+
+    _error_headers: Any = None
+
+    async def _remember_error_headers(self, response: Any) -> None:
+        if response.status_code >= 400:
+            self._error_headers = response.headers
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         messages: list[dict[str, str]] = []
@@ -94,7 +103,10 @@ class OllamaProvider(Provider):
         import ollama
 
         if isinstance(exc, ollama.ResponseError):
-            return _errors.from_status(self.name, exc.status_code, detail=exc.error, model=self.model)
+            headers = self._error_headers if exc.status_code >= 400 else None
+            self._error_headers = None
+            return _errors.from_status(self.name, exc.status_code, detail=exc.error, model=self.model,
+                                       headers=headers)
         if _errors.is_transport_error(exc):
             return _errors.connection_lost(self.name, exc, ollama_host(), connecting=not started)
         return None
