@@ -191,7 +191,9 @@ async def test_buffering_by_count(server, provider_name):
     tokens = [e async for e in sub if isinstance(e, Token)]
     await task
     assert "".join(t.text for t in tokens) == "".join(server.tokens_for("long"))
-    assert [t.count for t in tokens[:-1]] == [50] * (len(tokens) - 1)
+    # adapters hand over bursts already merged, so a group can pass 50 — but never falls short
+    assert all(t.count >= 50 for t in tokens[:-1]) and len(tokens) <= 2000 // 50 + 1
+    assert [t.index for t in tokens] == [sum(t.count for t in tokens[:i]) for i in range(len(tokens))]
     assert sum(t.count for t in tokens) == 2000
 
 

@@ -49,13 +49,16 @@ class ChatRequest:
 class Chunk:
     """One piece of a provider stream, already normalised by the adapter.
 
-    ``text`` may be empty for chunks that only carry ``usage`` or ``finish_reason``.
+    ``text`` may be empty for chunks that only carry ``usage`` or ``finish_reason``. ``count`` is
+    how many provider tokens (stream events) the text holds: adapters merge tokens that the SDK had
+    already received into one chunk (see ``providers.base.merge_buffered``).
     """
 
     text: str = ""
     confidence: float | None = None
     usage: dict[str, int] | None = None
     finish_reason: str | None = None
+    count: int = 1
 
 
 def join_continuation(partial: str, continuation: str, *, min_overlap: int = 12) -> str:

@@ -30,11 +30,11 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from ._aio import Rest, step_now
 from .bus import EventBus
-from .errors import ConnectionLostError, StreamchatError, StreamTimeoutError
+from .errors import StreamchatError, StreamTimeoutError
 from .events import (
     Cancelled,
     Completed,
@@ -51,7 +51,7 @@ from .events import (
 from .request import ChatRequest, Chunk, join_continuation
 
 if TYPE_CHECKING:
-    from ..providers.base import Provider, Timeouts
+    from ..providers.base import Opened, Provider, Timeouts
 
 __all__ = ["Stream", "RetryPolicy", "BufferPolicy", "StreamStatus", "continue_stream"]
 
@@ -187,7 +187,9 @@ class Stream:
         self._usage: dict[str, int] | None = None
         self._finish: str | None = None
         self._confidences: list[float | None] = []
-        self._published = 0  # tokens [0, _published) are on the bus
+        self._counts: list[int] = []  # provider tokens in each piece
+        self._published = 0  # pieces [0, _published) are on the bus
+        self._published_tokens = 0  # … holding this many tokens
         self._run_since = 0.0  # when the oldest unpublished token arrived
         self._run_exact = False  # an unpublished token carries a confidence
 
@@ -368,7 +370,7 @@ class Stream:
             )
             self._arm_watchdog()
             try:
-                await self._read(self.provider.stream(self.request))
+                await self._read(await self.provider.open(self.request))
                 return
             except StreamchatError as err:
                 self._errors += 1
@@ -387,12 +389,13 @@ class Stream:
                 self._arm_watchdog(total_only=True)
                 await asyncio.sleep(delay)
 
-    async def _read(self, chunks: AsyncIterator[Chunk]) -> None:
-        """Pull chunks until the provider is done; publish tokens as described in BufferPolicy."""
+    async def _read(self, opened: "Opened") -> None:
+        """Read the provider's events until it is done; publish tokens as BufferPolicy says."""
         resume = self._resume
         limit = self.buffer.limit
-        pieces = self._pieces
-        take = self._take
+        convert = opened.convert
+        next_event = opened.events.__anext__
+        take, take_text = self._take, self._take_text
         try:
             while True:
                 if self._stop_reason is not None:  # cancel() from a handler in this task
@@ -400,23 +403,36 @@ class Stream:
                 if not resume.is_set():
                     await self._flush()  # show everything that arrived before the pause
                     await resume.wait()
-                chunk, rest = step_now(chunks.__anext__())
-                if rest is not None:  # nothing buffered: the next chunk needs the network
-                    chunk = await self._wait_for_chunk(rest)
+                event, rest = step_now(next_event())
+                if rest is not None:  # nothing buffered: the next event needs the network
+                    event = await self._wait_for_chunk(rest)
                     # the clock is read only after a real wait: a burst arrives all at once
                     self._last_chunk = self._active_now()
-                    if not resume.is_set():  # paused while this chunk was on its way: hold it
+                    if not resume.is_set():  # paused while this event was on its way: hold it
                         try:
                             await resume.wait()
                         except asyncio.CancelledError:
-                            take(chunk)  # every word that arrived belongs to the partial
+                            item = convert(event)  # every word that arrived belongs to the partial
+                            if item is not None:
+                                take_text(item) if type(item) is str else take(item)
                             raise
-                if take(chunk) and len(pieces) - self._published >= limit:
+                item = convert(event)
+                if item is None:
+                    continue
+                added = take_text(item) if type(item) is str else take(item)
+                if added and self._tokens - self._published_tokens >= limit:
                     await self._flush()
         except StopAsyncIteration:
             pass
+        except (StreamchatError, _Cancel):
+            raise
+        except Exception as exc:
+            error = self.provider.translate(exc, True)  # the request was sent and accepted
+            if error is None:
+                raise
+            raise error from exc
         finally:
-            await _aclose(chunks)
+            await _close(opened.close)
         await self._flush()
         if self._stop_reason is not None:  # a handler cancelled while the last tokens went out
             raise _Cancel
@@ -431,7 +447,11 @@ class Stream:
             return await rest
         hold = self.buffer.hold_s - (time.monotonic() - self._run_since)
         if hold <= 0:
-            await self._flush()
+            try:
+                await self._flush()
+            except BaseException:  # cancelled while publishing: unwind the started read first
+                await rest.abandon()
+                raise
             return await rest
         flushing: list[asyncio.Task] = []
         timer = asyncio.get_running_loop().call_later(
@@ -450,7 +470,11 @@ class Stream:
             self._usage = {**(self._usage or {}), **chunk.usage}
         if chunk.finish_reason:
             self._finish = chunk.finish_reason
-        text = chunk.text
+        if chunk.confidence is not None:  # exact per-token confidence is never merged away
+            self._run_exact = True
+        return self._take_text(chunk.text, chunk.confidence, chunk.count)
+
+    def _take_text(self, text: str, confidence: float | None = None, count: int = 1) -> bool:
         if not text:
             return False
         if self._first_token_at is None:
@@ -460,11 +484,10 @@ class Stream:
         if len(pieces) == self._published:
             self._run_since = time.monotonic()
         pieces.append(text)
-        self._confidences.append(chunk.confidence)
-        self._tokens += 1
+        self._confidences.append(confidence)
+        self._counts.append(count)
+        self._tokens += count
         self._chars += len(text)
-        if chunk.confidence is not None:  # exact per-token confidence is never merged away
-            self._run_exact = True
         return True
 
     def _unpublished(self) -> int:
@@ -476,16 +499,19 @@ class Stream:
         start, end = self._published, len(self._pieces)
         if end == start:
             return
-        self._published = end
+        index = self._published_tokens  # token index of the first unpublished piece
+        self._published, self._published_tokens = end, self._tokens
         pieces, ids = self._pieces, dict(stream_id=self.id, lane=self.lane, stage=self.stage)
         if self._run_exact or not self.buffer.merge:
             self._run_exact = False
-            confidences = self._confidences
+            confidences, counts = self._confidences, self._counts
             for i in range(start, end):
-                await self._emit(Token(**ids, text=pieces[i], index=i, confidence=confidences[i]))
+                await self._emit(Token(**ids, text=pieces[i], index=index, confidence=confidences[i],
+                                       count=counts[i]))
+                index += counts[i]
             return
         text = pieces[start] if end - start == 1 else "".join(pieces[start:end])
-        await self._emit(Token(**ids, text=text, index=start, count=end - start))
+        await self._emit(Token(**ids, text=text, index=index, count=self._tokens - index))
 
     # ------------------------------------------------------------------ endings
     async def _finish_completed(self) -> None:
@@ -613,16 +639,12 @@ class Stream:
 _background: set[asyncio.Task] = set()
 
 
-async def _aclose(chunks: AsyncIterator[Chunk]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is None:
-        return
+async def _close(close: Callable[[], Awaitable[Any]]) -> None:
+    """Close a provider response; a failure to close must not hide why the stream ended."""
     try:
-        await aclose()
-    except (StreamchatError, ConnectionLostError):
-        pass
-    except Exception:  # closing a broken connection must not hide why it broke
-        log.debug("closing provider stream failed", exc_info=True)
+        await close()
+    except Exception:
+        log.debug("closing the provider response failed", exc_info=True)
 
 
 def continue_stream(

@@ -10,12 +10,12 @@ not ``httpx``), unwrapped — both are translated here.
 from __future__ import annotations
 
 import os
-from typing import Any, AsyncIterator
+from typing import Any
 
 from ..core.errors import AuthenticationError, StreamchatError
 from ..core.request import ChatRequest, Chunk
 from . import _errors
-from .base import Provider
+from .base import Opened, Provider
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 
@@ -59,38 +59,31 @@ class AnthropicProvider(Provider):
             params["temperature"] = request.temperature
         return params
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+    async def open(self, request: ChatRequest) -> Opened:
         client = self._get_client()
-        usage: dict[str, int] = {}
-        finish: str | None = None
-        started = False
         try:
             response = await client.messages.create(**self._params(request))
-            started = True
-            async with response:
-                async for event in response:
-                    etype = event.type
-                    if etype == "content_block_delta":
-                        delta = event.delta
-                        if delta.type == "text_delta" and delta.text:
-                            yield Chunk(text=delta.text)
-                    elif etype == "message_start":
-                        if event.message.usage is not None:
-                            usage["input_tokens"] = event.message.usage.input_tokens
-                    elif etype == "message_delta":
-                        finish = event.delta.stop_reason or finish
-                        if event.usage is not None:
-                            usage["output_tokens"] = event.usage.output_tokens
-        except StreamchatError:
-            raise
         except Exception as exc:
-            error = self._translate(exc, started)
-            if error is None:
-                raise
-            raise error from exc
-        yield Chunk(usage=usage or None, finish_reason=finish)
+            self.fail(exc, started=False)
+        usage: dict[str, int] = {}
 
-    def _translate(self, exc: Exception, started: bool) -> StreamchatError | None:
+        def convert(event: Any) -> str | Chunk | None:
+            etype = event.type
+            if etype == "content_block_delta":
+                delta = event.delta
+                return delta.text if delta.type == "text_delta" else None
+            if etype == "message_start":
+                if event.message.usage is not None:
+                    usage["input_tokens"] = event.message.usage.input_tokens
+            elif etype == "message_delta":
+                if event.usage is not None:
+                    usage["output_tokens"] = event.usage.output_tokens
+                return Chunk(usage=dict(usage) or None, finish_reason=event.delta.stop_reason)
+            return None
+
+        return Opened(response, convert, response.close)
+
+    def translate(self, exc: BaseException, started: bool) -> StreamchatError | None:
         import anthropic
 
         endpoint = self.endpoint()

@@ -9,13 +9,14 @@ belong to the stream controller, not to adapters: adapters turn SDK retries off.
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, ClassVar
+from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar, NoReturn
 
+from ..core.errors import StreamchatError
 from ..core.request import ChatRequest, Chunk, Message
 
-__all__ = ["Provider", "ProviderStatus", "Timeouts"]
+__all__ = ["Provider", "ProviderStatus", "Timeouts", "Opened"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,27 @@ class ProviderStatus:
     detail: str
     models: list[str] = field(default_factory=list)
     endpoint: str | None = None
+
+
+@dataclass(slots=True)
+class Opened:
+    """A response that has started: the stream controller reads ``events`` itself, turning each into
+    text with ``convert`` — a ``str`` for a plain token, a :class:`Chunk` for anything more
+    (confidence, usage, finish reason), or None to skip it — and calls ``close`` at the end.
+
+    Exceptions from ``events`` are the SDK's own; the controller has them translated by
+    :meth:`Provider.translate`. (Reading the SDK's iterator directly, rather than through a
+    generator of chunks, saves a generator step and a Chunk per token — about as much as the Ollama
+    SDK's own parsing costs.)
+    """
+
+    events: AsyncIterator[Any]
+    convert: Callable[[Any], "str | Chunk | None"]
+    close: Callable[[], Awaitable[Any]]
+
+
+def _as_is(chunk: Chunk) -> Chunk:
+    return chunk
 
 
 class Provider(ABC):
@@ -66,13 +88,51 @@ class Provider(ABC):
     def model_id(self) -> str:
         return f"{self.name}:{self.model}"
 
-    @abstractmethod
-    def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.stream is Provider.stream and cls.open is Provider.open:
+            raise TypeError(f"{cls.__name__} must implement stream() or open()")
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         """An async generator of chunks. Raises only :class:`StreamchatError` subclasses.
 
         Not reading from it must not read from the wire (that is how pause works), and closing it
-        (``aclose()``) must close the HTTP response (that is how cancel works).
+        (``aclose()``) must close the HTTP response (that is how cancel works). Implement this, or
+        :meth:`open` (then this reads what open() returns).
         """
+        opened = await self.open(request)
+        try:
+            async for event in opened.events:
+                item = opened.convert(event)
+                if item is not None:
+                    yield Chunk(text=item) if type(item) is str else item
+        except StreamchatError:
+            raise
+        except Exception as exc:
+            self.fail(exc, started=True)
+        finally:
+            await opened.close()
+
+    async def open(self, request: ChatRequest) -> Opened:
+        """Send the request and return the started response. Raises StreamchatError only.
+
+        Default: read :meth:`stream`'s chunks. Adapters of SDKs override this (see Opened)."""
+        chunks = self.stream(request)
+        return Opened(chunks, _as_is, chunks.aclose)
+
+    def translate(self, exc: BaseException, started: bool) -> "StreamchatError | None":
+        """The streamchat error for an SDK or transport exception, or None for one that is not the
+        provider's (a bug). ``started``: the request had been sent and accepted (False while
+        connecting), which tells "could not connect" from "the connection dropped"."""
+        return None
+
+    def fail(self, exc: Exception, started: bool) -> NoReturn:
+        """Raise the translation of an SDK or transport exception (or ``exc`` itself if it is
+        none of the provider's)."""
+        error = self.translate(exc, started)
+        if error is None:
+            raise exc
+        raise error from exc
 
     def continuation(self, request: ChatRequest, partial: str) -> ChatRequest:
         """The request that makes the model go on after ``partial`` (a cut-off answer).

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, AsyncIterator
+from typing import Any
 
 from ..core.errors import StreamchatError
 from ..core.request import ChatRequest, Chunk
 from . import _errors
-from .base import Provider, ProviderStatus
+from .base import Opened, Provider, ProviderStatus
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 
@@ -67,39 +67,15 @@ class OllamaProvider(Provider):
             params["logprobs"] = True
         return params
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+    async def open(self, request: ChatRequest) -> Opened:
         client = self._get_client()
-        started = False
-        parts = None
         try:
-            parts = await client.chat(**self._params(request))
-            async for part in parts:
-                started = True
-                text = part.message.content if part.message is not None else None
-                confidence = None
-                if part.logprobs:
-                    values = [lp.logprob for lp in part.logprobs]
-                    confidence = min(1.0, math.exp(sum(values) / len(values)))
-                if part.done:
-                    usage = None
-                    if part.prompt_eval_count is not None or part.eval_count is not None:
-                        usage = {"input_tokens": part.prompt_eval_count or 0, "output_tokens": part.eval_count or 0}
-                    yield Chunk(text=text or "", confidence=confidence, usage=usage,
-                                finish_reason=part.done_reason or "stop")
-                elif text:
-                    yield Chunk(text=text, confidence=confidence)
-        except StreamchatError:
-            raise
+            parts = await client.chat(**self._params(request))  # sent on the first read
         except Exception as exc:
-            error = self._translate(exc, started)
-            if error is None:
-                raise
-            raise error from exc
-        finally:
-            if parts is not None:
-                await parts.aclose()  # closes the HTTP response (cancel, or an early stop)
+            self.fail(exc, started=False)
+        return Opened(parts, _convert, parts.aclose)
 
-    def _translate(self, exc: Exception, started: bool) -> StreamchatError | None:
+    def translate(self, exc: BaseException, started: bool) -> StreamchatError | None:
         import ollama
 
         if isinstance(exc, ollama.ResponseError):
@@ -135,3 +111,20 @@ class OllamaProvider(Provider):
             return ProviderStatus(cls.name, True, f"server up at {host}, no model pulled (ollama pull llama3.2:1b)", [], host)
         detail = f"server up at {host}, {len(pulled)} model{'s' if len(pulled) != 1 else ''} pulled"
         return ProviderStatus(cls.name, True, detail, pulled, host)
+
+
+def _convert(part: Any) -> str | Chunk | None:
+    """One NDJSON line (``ChatResponse``): its text, or a Chunk when it carries more."""
+    text = part.message.content if part.message is not None else None
+    if not part.logprobs and not part.done:
+        return text
+    confidence = None
+    if part.logprobs:
+        values = [lp.logprob for lp in part.logprobs]
+        confidence = min(1.0, math.exp(sum(values) / len(values)))
+    if part.done:
+        usage = None
+        if part.prompt_eval_count is not None or part.eval_count is not None:
+            usage = {"input_tokens": part.prompt_eval_count or 0, "output_tokens": part.eval_count or 0}
+        return Chunk(text=text or "", confidence=confidence, usage=usage, finish_reason=part.done_reason or "stop")
+    return Chunk(text=text, confidence=confidence) if text else None

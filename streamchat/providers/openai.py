@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, AsyncIterator
+from typing import Any
 
 from ..core.errors import AuthenticationError, StreamchatError
 from ..core.request import ChatRequest, Chunk, Message
 from . import _errors
-from .base import Provider
+from .base import Opened, Provider
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CONTINUE_INSTRUCTION = (
@@ -77,43 +77,15 @@ class OpenAIProvider(Provider):
             messages + (Message("assistant", partial.rstrip()), Message("user", CONTINUE_INSTRUCTION))
         )
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+    async def open(self, request: ChatRequest) -> Opened:
         client = self._get_client()
-        started = False
         try:
             response = await client.chat.completions.create(**self._params(request))
-            started = True
-            async with response:
-                async for chunk in response:
-                    usage = None
-                    if chunk.usage is not None:
-                        usage = {
-                            "input_tokens": chunk.usage.prompt_tokens,
-                            "output_tokens": chunk.usage.completion_tokens,
-                        }
-                    if not chunk.choices:
-                        if usage:
-                            yield Chunk(usage=usage)
-                        continue
-                    choice = chunk.choices[0]
-                    text = choice.delta.content if choice.delta is not None else None
-                    confidence = None
-                    logprobs = choice.logprobs
-                    if logprobs is not None and logprobs.content:
-                        values = [entry.logprob for entry in logprobs.content]
-                        confidence = min(1.0, math.exp(sum(values) / len(values)))
-                    if text or usage or choice.finish_reason:
-                        yield Chunk(text=text or "", confidence=confidence, usage=usage,
-                                    finish_reason=choice.finish_reason)
-        except StreamchatError:
-            raise
         except Exception as exc:
-            error = self._translate(exc, started)
-            if error is None:
-                raise
-            raise error from exc
+            self.fail(exc, started=False)
+        return Opened(response, _convert, response.close)
 
-    def _translate(self, exc: Exception, started: bool) -> StreamchatError | None:
+    def translate(self, exc: BaseException, started: bool) -> StreamchatError | None:
         import openai
 
         endpoint = self.endpoint()
@@ -129,3 +101,24 @@ class OpenAIProvider(Provider):
         if _errors.is_transport_error(exc):
             return _errors.connection_lost(self.name, exc, endpoint, connecting=not started)
         return None
+
+
+def _convert(chunk: Any) -> str | Chunk | None:
+    """One ``chat.completion.chunk``: its text, or a Chunk when it carries more."""
+    usage = None
+    if chunk.usage is not None:
+        usage = {"input_tokens": chunk.usage.prompt_tokens, "output_tokens": chunk.usage.completion_tokens}
+    if not chunk.choices:
+        return Chunk(usage=usage) if usage else None
+    choice = chunk.choices[0]
+    text = choice.delta.content if choice.delta is not None else None
+    logprobs = choice.logprobs
+    if logprobs is None and usage is None and choice.finish_reason is None:
+        return text
+    confidence = None
+    if logprobs is not None and logprobs.content:
+        values = [entry.logprob for entry in logprobs.content]
+        confidence = min(1.0, math.exp(sum(values) / len(values)))
+    if text or usage or choice.finish_reason:
+        return Chunk(text=text or "", confidence=confidence, usage=usage, finish_reason=choice.finish_reason)
+    return None
