@@ -186,8 +186,7 @@ class Stream:
         self._pieces: list[str] = []
         self._usage: dict[str, int] | None = None
         self._finish: str | None = None
-        self._confidences: list[float | None] = []
-        self._counts: list[int] = []  # provider tokens in each piece
+        self._extra: dict[int, tuple[float | None, int]] = {}  # piece → (confidence, tokens) if not (None, 1)
         self._published = 0  # pieces [0, _published) are on the bus
         self._published_tokens = 0  # … holding this many tokens
         self._run_since = 0.0  # when the oldest unpublished token arrived
@@ -396,6 +395,7 @@ class Stream:
         convert = opened.convert
         next_event = opened.events.__anext__
         take, take_text = self._take, self._take_text
+        pieces, monotonic = self._pieces, time.monotonic
         try:
             while True:
                 if self._stop_reason is not None:  # cancel() from a handler in this task
@@ -417,10 +417,19 @@ class Stream:
                                 take_text(item) if type(item) is str else take(item)
                             raise
                 item = convert(event)
-                if item is None:
+                if type(item) is str:  # the common case, inlined: a plain token
+                    if not item:
+                        continue
+                    if self._first_token_at is None:
+                        self._note_first_token()
+                    if len(pieces) == self._published:
+                        self._run_since = monotonic()
+                    pieces.append(item)
+                    self._tokens += 1
+                    self._chars += len(item)
+                elif item is None or not take(item):
                     continue
-                added = take_text(item) if type(item) is str else take(item)
-                if added and self._tokens - self._published_tokens >= limit:
+                if self._tokens - self._published_tokens >= limit:
                     await self._flush()
         except StopAsyncIteration:
             pass
@@ -475,20 +484,24 @@ class Stream:
         return self._take_text(chunk.text, chunk.confidence, chunk.count)
 
     def _take_text(self, text: str, confidence: float | None = None, count: int = 1) -> bool:
+        """Count text in (the read loop inlines this for plain tokens)."""
         if not text:
             return False
         if self._first_token_at is None:
-            self._first_token_at = self._last_chunk
-            self._arm_watchdog()  # from the first-token deadline to the (often shorter) idle one
+            self._note_first_token()
         pieces = self._pieces
         if len(pieces) == self._published:
             self._run_since = time.monotonic()
+        if confidence is not None or count != 1:
+            self._extra[len(pieces)] = (confidence, count)
         pieces.append(text)
-        self._confidences.append(confidence)
-        self._counts.append(count)
         self._tokens += count
         self._chars += len(text)
         return True
+
+    def _note_first_token(self) -> None:
+        self._first_token_at = self._last_chunk
+        self._arm_watchdog()  # from the first-token deadline to the (often shorter) idle one
 
     def _unpublished(self) -> int:
         return len(self._pieces) - self._published
@@ -504,11 +517,11 @@ class Stream:
         pieces, ids = self._pieces, dict(stream_id=self.id, lane=self.lane, stage=self.stage)
         if self._run_exact or not self.buffer.merge:
             self._run_exact = False
-            confidences, counts = self._confidences, self._counts
+            extra = self._extra
             for i in range(start, end):
-                await self._emit(Token(**ids, text=pieces[i], index=index, confidence=confidences[i],
-                                       count=counts[i]))
-                index += counts[i]
+                confidence, count = extra.get(i, (None, 1))
+                await self._emit(Token(**ids, text=pieces[i], index=index, confidence=confidence, count=count))
+                index += count
             return
         text = pieces[start] if end - start == 1 else "".join(pieces[start:end])
         await self._emit(Token(**ids, text=text, index=index, count=self._tokens - index))
