@@ -1,0 +1,31 @@
+# Two commands do all the set-up (see README):
+#   make run    install everything into .venv (first time: ~8 min, llama.cpp compiles) and open streamchat
+#   make test   install if needed, then run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench screenshots clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "Installing streamchat and its dependencies (the first time, llama-cpp-python compiles: ~8 min on 2 cores)…"
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	@$(BIN)/streamchat
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_stream.py
+	$(BIN)/python benchmarks/bench_local.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
