@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..core.errors import AuthenticationError, StreamchatError
+from ..core.errors import StreamchatError
 from ..core.request import ChatRequest, Chunk
 from . import _errors
 from .base import Opened, Provider
@@ -31,26 +31,19 @@ class AnthropicProvider(Provider):
     def has_key(cls) -> bool:
         return bool(os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN"))
 
-    def prepare(self) -> None:
-        self._get_client()
+    def _make_client(self) -> Any:
+        import anthropic
 
-    def _get_client(self) -> Any:
-        if self._client is None:
-            if not self.has_key():
-                raise AuthenticationError("no API key for anthropic: set ANTHROPIC_API_KEY", provider=self.name)
-            import anthropic
-
-            self._client = anthropic.AsyncAnthropic(
-                max_retries=0,  # the stream controller retries, visibly, for every provider alike
-                timeout=anthropic.Timeout(None, connect=self.timeouts.connect),
-            )
-        return self._client
+        return anthropic.AsyncAnthropic(
+            max_retries=0,  # the stream controller retries, visibly, for every provider alike
+            timeout=anthropic.Timeout(None, connect=self.timeouts.connect),
+        )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.model,
             "max_tokens": request.max_tokens,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": self.message_dicts(request, with_system=False),  # system is top-level
             "stream": True,
         }
         if request.system:
@@ -60,7 +53,7 @@ class AnthropicProvider(Provider):
         return params
 
     async def open(self, request: ChatRequest) -> Opened:
-        client = self._get_client()
+        client = self.client
         try:
             response = await client.messages.create(**self._params(request))
         except Exception as exc:

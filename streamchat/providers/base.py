@@ -13,7 +13,7 @@ from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar, NoReturn
 
-from ..core.errors import StreamchatError
+from ..core.errors import AuthenticationError, StreamchatError
 from ..core.request import ChatRequest, Chunk, Message
 
 __all__ = ["Provider", "ProviderStatus", "Timeouts", "Opened"]
@@ -158,10 +158,30 @@ class Provider(ABC):
             await client.close()
 
     def prepare(self) -> None:
-        """Import the SDK and make the client (raising e.g. AuthenticationError for a missing key).
+        """Import the SDK and make the client (raising AuthenticationError for a missing key).
 
         The stream controller calls this before its clocks start, so an SDK's import time (seconds
         for some) never eats into a timeout or a retry budget."""
+        if self._client is None:
+            if not self.has_key():
+                raise AuthenticationError(f"no API key for {self.name}: set {self.key_env}", provider=self.name)
+            self._client = self._make_client()
+
+    def _make_client(self) -> Any:
+        """The SDK client (SDK adapters override this; they import their SDK here)."""
+        return None
+
+    @property
+    def client(self) -> Any:
+        self.prepare()
+        return self._client
+
+    @staticmethod
+    def message_dicts(request: ChatRequest, *, with_system: bool) -> list[dict[str, str]]:
+        """The conversation as ``{"role", "content"}`` dicts, the system prompt first if asked."""
+        messages = [{"role": "system", "content": request.system}] if with_system and request.system else []
+        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+        return messages
 
     async def warm(self) -> None:
         """Get ready for a first request off the event loop (SDK import, client; a local model

@@ -32,21 +32,16 @@ class OllamaProvider(Provider):
     known_models = ("llama3.2:1b", "llama3.2", "qwen2.5:0.5b", "gemma3:1b")
     supports_confidence = True
 
-    def prepare(self) -> None:
-        self._get_client()
+    def _make_client(self) -> Any:
+        import httpx
+        import ollama
 
-    def _get_client(self) -> Any:
-        if self._client is None:
-            import httpx
-            import ollama
-
-            self._client = ollama.AsyncClient(
-                host=ollama_host(),
-                timeout=httpx.Timeout(None, connect=self.timeouts.connect),
-                # the SDK's ResponseError carries no headers: keep them for retry-after
-                event_hooks={"response": [self._remember_error_headers]},
-            )
-        return self._client
+        return ollama.AsyncClient(
+            host=ollama_host(),
+            timeout=httpx.Timeout(None, connect=self.timeouts.connect),
+            # the SDK's ResponseError carries no headers: keep them for retry-after
+            event_hooks={"response": [self._remember_error_headers]},
+        )
 
     _error_headers: Any = None
 
@@ -55,10 +50,7 @@ class OllamaProvider(Provider):
             self._error_headers = response.headers
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
-        messages: list[dict[str, str]] = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+        messages = self.message_dicts(request, with_system=True)
         options: dict[str, Any] = {"num_predict": request.max_tokens}
         if request.temperature is not None:
             options["temperature"] = request.temperature
@@ -68,7 +60,7 @@ class OllamaProvider(Provider):
         return params
 
     async def open(self, request: ChatRequest) -> Opened:
-        client = self._get_client()
+        client = self.client
         try:
             parts = await client.chat(**self._params(request))  # sent on the first read
         except Exception as exc:

@@ -13,7 +13,7 @@ import math
 import os
 from typing import Any
 
-from ..core.errors import AuthenticationError, StreamchatError
+from ..core.errors import StreamchatError
 from ..core.request import ChatRequest, Chunk, Message
 from . import _errors
 from .base import Opened, Provider
@@ -33,29 +33,18 @@ class OpenAIProvider(Provider):
     known_models = ("gpt-4.1-mini", "gpt-4.1", "gpt-4o-mini", "gpt-4o")
     supports_confidence = True
 
-    def prepare(self) -> None:
-        self._get_client()
+    def _make_client(self) -> Any:
+        import openai
 
-    def _get_client(self) -> Any:
-        if self._client is None:
-            if not self.has_key():
-                raise AuthenticationError("no API key for openai: set OPENAI_API_KEY", provider=self.name)
-            import openai
-
-            self._client = openai.AsyncOpenAI(
-                max_retries=0,  # the stream controller retries, visibly, for every provider alike
-                timeout=openai.Timeout(None, connect=self.timeouts.connect),
-            )
-        return self._client
+        return openai.AsyncOpenAI(
+            max_retries=0,  # the stream controller retries, visibly, for every provider alike
+            timeout=openai.Timeout(None, connect=self.timeouts.connect),
+        )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
-        messages: list[dict[str, str]] = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
         params: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
+            "messages": self.message_dicts(request, with_system=True),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -78,7 +67,7 @@ class OpenAIProvider(Provider):
         )
 
     async def open(self, request: ChatRequest) -> Opened:
-        client = self._get_client()
+        client = self.client
         try:
             response = await client.chat.completions.create(**self._params(request))
         except Exception as exc:
