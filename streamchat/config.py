@@ -9,6 +9,7 @@ Where things live (platformdirs), unless ``STREAMCHAT_HOME`` moves *all* state i
     system = "You are concise."
     max_tokens = 1024
     confidence = false          # ask providers for per-token probabilities (logprobs)
+    theme = "dark"              # dark, light, high-contrast, or your own in <config>/themes/
 
     [timeouts]                  # seconds
     connect = 10
@@ -63,6 +64,8 @@ class Settings:
     max_tokens: int = 1024
     #: ask providers for per-token probabilities (OpenAI logprobs; the local model always has them)
     confidence: bool = False
+    #: colour theme (built-in: dark, light, high-contrast; or one of your own in <config>/themes/)
+    theme: str | None = None
     #: connect / first token / idle gap / total, in seconds
     timeouts: Timeouts = field(default_factory=Timeouts)
     #: where this came from (for messages)
@@ -74,6 +77,7 @@ _ENV = {
     "system": "STREAMCHAT_SYSTEM",
     "max_tokens": "STREAMCHAT_MAX_TOKENS",
     "confidence": "STREAMCHAT_CONFIDENCE",
+    "theme": "STREAMCHAT_THEME",
 }
 
 
@@ -100,7 +104,7 @@ def load_settings(path: Path | None = None) -> Settings:
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from exc
     settings = Settings(source=path if path.exists() else None)
-    types = {"default_model": str, "system": str, "max_tokens": int, "confidence": bool}
+    types = {"default_model": str, "system": str, "max_tokens": int, "confidence": bool, "theme": str}
     for key, value in data.items():
         if key == "timeouts":
             settings.timeouts = _timeouts(value, path)

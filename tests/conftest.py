@@ -27,7 +27,8 @@ from streamchat.testing.wire import WireServer
 #: Environment prefixes that configure a provider (keys, endpoints) or streamchat itself.
 PROVIDER_ENV_PREFIXES = ("ANTHROPIC_", "OPENAI_", "OLLAMA_")
 #: streamchat settings read from the environment (see streamchat.config) that change an answer.
-STREAMCHAT_SETTINGS = ("STREAMCHAT_MODEL", "STREAMCHAT_SYSTEM", "STREAMCHAT_MAX_TOKENS", "STREAMCHAT_CONFIDENCE")
+STREAMCHAT_SETTINGS = ("STREAMCHAT_MODEL", "STREAMCHAT_SYSTEM", "STREAMCHAT_MAX_TOKENS", "STREAMCHAT_CONFIDENCE",
+                       "STREAMCHAT_THEME")
 #: Where a test that forgot the fixtures finds "Ollama": nothing listens on the discard port.
 DEAD_OLLAMA_HOST = "http://127.0.0.1:9"
 _LOOPBACK = "127.0.0.1,localhost,::1"

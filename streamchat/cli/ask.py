@@ -66,7 +66,13 @@ async def run_ask(
     if json_mode:
         writer = NdjsonPrinter(out, on_closed=stream.cancel)
     else:
-        writer = TextPrinter(out, sanitise=out.isatty(), on_closed=stream.cancel)
+        terminal = out.isatty()
+        theme = None
+        if terminal and request.confidence:  # colour tokens by confidence on a terminal
+            from ..theming import load_theme
+
+            theme = load_theme(settings.theme)
+        writer = TextPrinter(out, sanitise=terminal, on_closed=stream.cancel, theme=theme)
     bus.register(writer)
 
     loop = asyncio.get_running_loop()

@@ -50,6 +50,12 @@ async def run_chat(*, settings: Settings, model: str | None, system: str | None,
               "Enter sends · Ctrl+C stops an answer · /continue resumes a cut-off one · Ctrl+D quits\n")
     err.flush()
     bus = EventBus()
+    terminal = out.isatty()
+    theme = None
+    if terminal and settings.confidence:  # colour tokens by confidence
+        from ..theming import load_theme
+
+        theme = load_theme(settings.theme)
     conversation: list[Message] = []
     last: tuple[ChatRequest, Stream] | None = None
     current: Stream | None = None
@@ -83,7 +89,7 @@ async def run_chat(*, settings: Settings, model: str | None, system: str | None,
                 if conversation and conversation[-1].role == "assistant":
                     conversation.pop()
                 current = continue_stream(provider, request, previous.text, bus=bus, timeouts=settings.timeouts)
-                printer = TextPrinter(out, sanitise=out.isatty())
+                printer = TextPrinter(out, sanitise=terminal, theme=theme)
                 printer.at_line_start = False
                 out.write(previous.text)  # show the whole answer again, then its continuation
             else:
@@ -95,7 +101,7 @@ async def run_chat(*, settings: Settings, model: str | None, system: str | None,
                     confidence=settings.confidence,
                 )
                 current = Stream(provider, request, bus=bus, timeouts=settings.timeouts)
-                printer = TextPrinter(out, sanitise=out.isatty())
+                printer = TextPrinter(out, sanitise=terminal, theme=theme)
             handle = bus.register(printer, stream_id=current.id)
             try:
                 await current.run()

@@ -9,9 +9,12 @@ This works character by character, so it is safe however the text is split into 
 from __future__ import annotations
 
 import json
-from typing import IO, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
-from ..core.events import Event, event_to_dict
+if TYPE_CHECKING:
+    from ..theming import Theme
+
+from ..core.events import Event, Token, event_to_dict
 
 _TABLE = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A)}
 _TABLE[0x7F] = 0x2421
@@ -45,27 +48,39 @@ class _Writer:
 
 
 class TextPrinter(_Writer):
-    """Writes answer text as it arrives, flushed per token; remembers whether it ended a line."""
+    """Writes answer text as it arrives, flushed per token; remembers whether it ended a line.
 
-    def __init__(self, out: IO[str], *, sanitise: bool, on_closed: Callable[[], Any] | None = None) -> None:
+    With a ``theme`` (on a terminal), a token that carries a confidence is coloured by the theme's
+    confidence band — after its text was neutralised, so only our own colour codes reach the screen.
+    """
+
+    def __init__(self, out: IO[str], *, sanitise: bool, on_closed: Callable[[], Any] | None = None,
+                 theme: "Theme | None" = None) -> None:
         super().__init__(out, on_closed)
         self.sanitise = sanitise
+        self.theme = theme
         self.wrote = False
         self.at_line_start = True
 
-    def on_token_received(self, token: str, index: int) -> None:
-        if self.sanitise:
-            token = neutralise(token)
-        self._write(token)
-        if token:
-            self.wrote = True
-            self.at_line_start = token.endswith("\n")
+    def on_event(self, event: Event) -> None:
+        if type(event) is not Token or not event.text:
+            return
+        text = neutralise(event.text) if self.sanitise else event.text
+        band = self.theme.band(event.confidence) if self.theme is not None else None
+        self._write(_paint(text, band.color) if band is not None else text)
+        self.wrote = True
+        self.at_line_start = text.endswith("\n")
 
     def end_line(self) -> None:
         """End the answer with exactly one newline (none if it already ends a line)."""
         if self.wrote and not self.at_line_start:
             self._write("\n")
             self.at_line_start = True
+
+
+def _paint(text: str, color: str) -> str:
+    r, g, b = int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+    return f"\x1b[38;2;{r};{g};{b}m{text}\x1b[39m"
 
 
 class NdjsonPrinter(_Writer):
