@@ -1118,7 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
                 from streamchat.core.stream import BufferPolicy
 
                 path = RESULTS / "profile_core_buffered.txt"
-                path.write_text(f"cProfile as profile_core.txt, with BufferPolicy(max_tokens=16, max_ms=20)\n\n"
+                path.write_text("cProfile as profile_core.txt, with BufferPolicy(max_tokens=16, max_ms=20)\n\n"
                                 + asyncio.run(profile_core(BufferPolicy(max_tokens=16, max_ms=20))))
                 profiles.append(str(path.relative_to(ROOT)))
             if args.profile or not results["startup"]["help_ok"]:

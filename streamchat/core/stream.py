@@ -167,7 +167,6 @@ class Stream:
         self._resume = asyncio.Event()
         self._resume.set()
         self._stop_reason: str | None = None  # "cancel" | "first_token" | "idle" | "total"
-        self._reading = False
         # clocks (monotonic seconds)
         self._t0: float | None = None
         self._t_active0 = 0.0
