@@ -10,8 +10,6 @@ received as an SVG (Rich's terminal rendering). Deterministic where the source i
 from __future__ import annotations
 
 import os
-import pty
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,25 +19,12 @@ from rich.text import Text
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from streamchat.testing.terminal import run_on_terminal  # noqa: E402
 from streamchat.testing.wire import WireServer  # noqa: E402
 
 
 def terminal_output(args: list[str], env: dict[str, str]) -> str:
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(args, stdout=follower, stderr=follower, stdin=subprocess.DEVNULL, env=env)
-    os.close(follower)
-    received = b""
-    while True:
-        try:
-            data = os.read(leader, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        received += data
-    proc.wait(timeout=120)
-    os.close(leader)
-    return received.decode("utf-8").replace("\r\n", "\n")
+    return run_on_terminal(args, env, stderr_too=True)[1].replace("\r\n", "\n")
 
 
 def shot(name: str, title: str, command: str, output: str, width: int = 100) -> None:

@@ -1,8 +1,6 @@
 """Themes as data: the built-ins load and are sound, a person's own theme wins, bad files are named,
 and `ask --confidence` on a terminal colours tokens by the theme's bands."""
 
-import os
-import pty
 import re
 import subprocess
 import sys
@@ -10,6 +8,7 @@ import sys
 import pytest
 
 from streamchat.core.errors import ConfigError
+from streamchat.testing.terminal import run_on_terminal
 from streamchat.theming import BUILTIN_DIR, load_theme, theme_names
 
 from conftest import cli_env
@@ -74,29 +73,10 @@ def test_unknown_theme_lists_the_choices(home):
         load_theme("nope")
 
 
-def run_in_terminal(args, env):
-    """Run the CLI with stdout on a pseudo-terminal; return what the terminal received."""
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(args, stdout=follower, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
-    os.close(follower)
-    received = b""
-    while True:
-        try:
-            data = os.read(leader, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        received += data
-    proc.wait(timeout=60)
-    os.close(leader)
-    return proc.returncode, received.decode("utf-8")
-
-
 def test_ask_with_confidence_colours_tokens_by_band_on_a_terminal(server, tmp_path):
     env = cli_env(server, tmp_path, {"STREAMCHAT_THEME": "high-contrast"})
-    rc, shown = run_in_terminal([sys.executable, "-m", "streamchat", "ask", "hi", "-m", "openai:normal",
-                                 "--confidence"], env)
+    rc, shown, _ = run_on_terminal([sys.executable, "-m", "streamchat", "ask", "hi", "-m", "openai:normal",
+                                    "--confidence"], env)
     assert rc == 0
     painted = re.findall(r"\x1b\[38;2;(\d+);(\d+);(\d+)m(.*?)\x1b\[39m", shown, flags=re.S)
     theme = load_theme("high-contrast")
