@@ -276,8 +276,10 @@ async def test_api_scenario(server: WireServer, provider_env: dict, make_provide
         assert median(gaps) >= 0.5 / server.slow_rate, "tokens came in a burst, not spread in time"
     elif scenario == "stall":
         assert stream.error.which == "idle"
+        # The idle clock starts when the last data arrived from the network, which is a little
+        # before its (merged) token event is published — under load, up to ~0.1 s before.
         waited = terminal.t - tokens[-1].t
-        assert 0.9 <= waited <= 3.0, waited
+        assert 0.75 <= waited <= 3.0, waited
     elif scenario == "stall-start":
         assert stream.error.which == "first_token"
         waited = terminal.t - events[0].t
