@@ -168,8 +168,7 @@ class Stream:
         self._resume.set()
         self._stop_reason: str | None = None  # "cancel" | "first_token" | "idle" | "total"
         # clocks (monotonic seconds)
-        self._t0: float | None = None
-        self._t_active0 = 0.0
+        self._t0: float | None = None  # when run() started (the active clock's zero)
         self._paused_at: float | None = None
         self._paused_total = 0.0
         self._attempt_start = 0.0  # active clock
@@ -204,7 +203,7 @@ class Stream:
             return False
         self._paused_at = time.monotonic()
         self._resume.clear()
-        self._set_state("paused")
+        self.state = "paused"
         self._cancel_watchdog()
         self._emit_nowait(Paused(stream_id=self.id, lane=self.lane, stage=self.stage))
         return True
@@ -214,7 +213,7 @@ class Stream:
             return False
         self._paused_total += time.monotonic() - self._paused_at
         self._paused_at = None
-        self._set_state("active")
+        self.state = "active"
         self._emit_nowait(Resumed(stream_id=self.id, lane=self.lane, stage=self.stage))
         self._resume.set()
         self._arm_watchdog()
@@ -229,7 +228,7 @@ class Stream:
             return False
         if self._task is None:  # never started: end at once
             self._stop_reason = "cancel"
-            self._set_state("cancelled")
+            self.state = "cancelled"
             return True
         self._interrupt("cancel")
         return True
@@ -261,11 +260,11 @@ class Stream:
 
     def stats(self) -> StreamStats:
         now = self._active_now() if self._end is None else self._end
-        elapsed = max(0.0, now - self._t_active0) if self._t0 is not None else 0.0
+        elapsed = max(0.0, now - self._t0) if self._t0 is not None else 0.0
         ttft = None
         tps = None
         if self._first_token_at is not None:
-            ttft = self._first_token_at - self._t_active0
+            ttft = self._first_token_at - self._t0
             span = now - self._first_token_at
             if span > 0 and self._tokens > 1:
                 tps = (self._tokens - 1) / span
@@ -322,7 +321,6 @@ class Stream:
             await self._finish_failed(err)
             return self.snapshot
         self._t0 = time.monotonic()
-        self._t_active0 = self._t0
         if self._paused_at is not None:  # paused before it started: the pause begins now
             self._paused_at = self._t0
         try:
@@ -354,7 +352,7 @@ class Stream:
             attempt += 1
             self._attempt_start = self._active_now()
             self._last_chunk = self._attempt_start
-            self._set_state("paused" if self._paused_at is not None else "active")
+            self.state = "paused" if self._paused_at is not None else "active"
             await self._emit(
                 StreamStarted(
                     stream_id=self.id,
@@ -531,7 +529,7 @@ class Stream:
         text = self.text
         if self.continues is not None:
             text = join_continuation(self.continues, "".join(self._pieces))
-        self._set_state("completed")
+        self.state = "completed"
         await self._emit(
             Completed(stream_id=self.id, lane=self.lane, stage=self.stage, text=text,
                       usage=self._usage, stats=self.stats(), finish_reason=self._finish)
@@ -541,7 +539,7 @@ class Stream:
         self._end = self._active_now()
         await self._flush()
         self.error = err
-        self._set_state("failed")
+        self.state = "failed"
         await self._emit(
             Failed(stream_id=self.id, lane=self.lane, stage=self.stage, error=err, partial=self.text,
                    retryable=err.retryable, stats=self.stats())
@@ -551,15 +549,12 @@ class Stream:
         if self._end is None:
             self._end = self._active_now()
         await self._flush()
-        self._set_state("cancelled")
+        self.state = "cancelled"
         await self._emit(
             Cancelled(stream_id=self.id, lane=self.lane, stage=self.stage, partial=self.text, stats=self.stats())
         )
 
     # ------------------------------------------------------------------ plumbing
-    def _set_state(self, state: str) -> None:
-        self.state = state
-
     async def _emit(self, event: Event) -> None:
         await self.bus.publish(event)
 
@@ -578,14 +573,14 @@ class Stream:
         total = self.timeouts.total
         if total is None or self._t0 is None:
             return None
-        return total - (self._active_now() - self._t_active0)
+        return total - (self._active_now() - self._t0)
 
     def _deadline(self, total_only: bool = False) -> tuple[float, str] | None:
         """The nearest deadline on the active clock, and which timeout it is."""
         candidates: list[tuple[float, str]] = []
         t = self.timeouts
         if t.total is not None:
-            candidates.append((self._t_active0 + t.total, "total"))
+            candidates.append((self._t0 + t.total, "total"))
         if not total_only:
             if self._first_token_at is None and t.first_token is not None:
                 candidates.append((self._attempt_start + t.first_token, "first_token"))
