@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 .PHONY: install run test bench screenshots clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -qq --upgrade pip
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -qq --upgrade pip
 	@echo "Installing streamchat and its dependencies (the first time, llama-cpp-python compiles: ~8 min on 2 cores)…"
-	$(BIN)/python -m pip install -qq --progress-bar off -e '.[test]'
+	@$(BIN)/python -m pip install -qq --progress-bar off -e '.[test]'
 	@touch $(STAMP)
 
 install: $(STAMP)
