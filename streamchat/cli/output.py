@@ -1,9 +1,7 @@
-"""CLI subscribers: the plain-text printer and the NDJSON event writer, and output sanitising.
+"""CLI subscribers: the plain-text printer and the NDJSON event writer.
 
-A model must not be able to drive the terminal: when output goes to a terminal, every C0 control
-character except newline and tab (ESC, BEL, CR, backspace…) and DEL is shown as its Unicode
-control picture (ESC → ␛) and C1 controls become U+FFFD, so escape sequences are visible but inert.
-This works character by character, so it is safe however the text is split into tokens.
+When output goes to a terminal, the text is neutralised first (``core.text``: escape sequences
+and control characters become visible, inert pictures).
 """
 
 from __future__ import annotations
@@ -15,15 +13,9 @@ if TYPE_CHECKING:
     from ..theming import Theme
 
 from ..core.events import Event, Token, event_to_dict
+from ..core.text import neutralise
 
-_TABLE = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A)}
-_TABLE[0x7F] = 0x2421
-_TABLE.update({c: 0xFFFD for c in range(0x80, 0xA0)})
-
-
-def neutralise(text: str) -> str:
-    """Make control characters and escape sequences harmless (visible, not acted on)."""
-    return text.translate(_TABLE)
+__all__ = ["NdjsonPrinter", "TextPrinter", "neutralise"]
 
 
 class _Writer:
