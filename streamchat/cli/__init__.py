@@ -8,7 +8,7 @@ overloaded · 5 timeout · 6 connection failed · 70 internal error · 130 cance
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -72,12 +72,13 @@ def _settings():
 @app.callback(invoke_without_command=True)
 def _root(
     ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PROVIDER:MODEL", help="Model to chat with."),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="PROVIDER:MODEL", help="Model to chat with; repeat it to compare models side by side."),
     system: Optional[str] = typer.Option(None, "--system", "-s", metavar="TEXT", help="System prompt."),
+    plain: bool = typer.Option(False, "--plain", help="A plain line-by-line chat instead of the full-screen app (the default when not on a terminal)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     version: bool = typer.Option(False, "--version", help="Show the version and exit."),
 ) -> None:
-    """Without a command: open the chat."""
+    """Without a command: open the chat (a full-screen app on a terminal)."""
     _state["debug"] = debug
     from ..logs import setup_logging
 
@@ -87,11 +88,37 @@ def _root(
 
         typer.echo(f"streamchat {__version__}")
         raise typer.Exit(0)
-    if ctx.invoked_subcommand is None:
+    if ctx.invoked_subcommand is not None:
+        return
+    models = list(model or [])
+    if plain or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        if len(models) > 1:
+            _fail("side-by-side models need the full-screen app (a terminal, without --plain)", 2)
         from .chat import run_chat
 
-        code = _run(lambda: run_chat(settings=_settings(), model=model, system=system))
+        code = _run(lambda: run_chat(settings=_settings(), model=models[0] if models else None, system=system))
         raise typer.Exit(code or 0)
+    raise typer.Exit(_run_app(models, system))
+
+
+def _run_app(models: list[str], system: str | None) -> int:
+    """The full-screen app. Bad settings or model ids fail with one line before any window opens."""
+
+    async def prepare():
+        from ..config import resolve_model
+        from ..tui.app import make_app
+
+        settings = _settings()
+        reason = "given with --model" if models else None
+        chosen = models
+        if not chosen:
+            picked, reason = await resolve_model(None, settings)
+            chosen = [picked]
+        return make_app(settings, chosen, system, reason=reason)
+
+    tui = _run(prepare)
+    tui.run()
+    return tui.return_code or 0
 
 
 @app.command()

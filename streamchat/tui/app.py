@@ -1,0 +1,157 @@
+"""The Textual app and its factory.
+
+``make_app(settings, models, system, reason=…)`` builds the app from its dependencies (one provider
+per model; two or more models are side-by-side lanes). The CLI, the tests and any screenshot script
+all use it. The app owns the :class:`~streamchat.core.bus.EventBus`, the providers and the theme;
+the chat screen does the rest.
+
+Start-up: the window is interactive at once; the providers warm up (SDK import, client, a local
+model's load) in a background worker; once the first frame is up, and again after warm-up, the
+garbage collector is run and frozen (``gc.freeze()``) so that full collections of the start-up
+objects do not stall key presses later.
+
+``ctrl+c`` never quits: while an answer streams it stops it (the partial stays); when nothing
+streams it copies a selection, or says that ``ctrl+q`` quits. ``ctrl+q`` quits (streams are
+cancelled first, their partials kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from typing import TYPE_CHECKING
+
+from textual.app import App
+from textual.binding import Binding
+from textual.theme import Theme as TextualTheme
+
+from ..core.bus import EventBus
+from ..providers import create_provider
+from ..theming import COLOR_KEYS, load_theme
+from .chat import ChatScreen
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..providers.base import Provider
+    from ..theming import Theme
+
+__all__ = ["StreamchatApp", "make_app", "textual_theme"]
+
+log = logging.getLogger("streamchat.tui")
+
+
+def textual_theme(theme: "Theme") -> TextualTheme:
+    """A streamchat theme (data) as a Textual theme named ``streamchat-NAME``."""
+    colors = {key: theme.colors[key] for key in COLOR_KEYS if key in theme.colors}
+    return TextualTheme(name=f"streamchat-{theme.name}", dark=theme.dark, **colors)
+
+
+class StreamchatApp(App):
+    """The chat app. Build it with :func:`make_app`."""
+
+    TITLE = "streamchat"
+    # A mode (not get_default_screen) so that the screen's CSS_PATH is loaded.
+    MODES = {"chat": ChatScreen}
+    DEFAULT_MODE = "chat"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        settings: "Settings",
+        providers: list["Provider"],
+        *,
+        system: str | None = None,
+        reason: str | None = None,
+        palette: "Theme",
+        freeze_gc: bool = True,
+    ) -> None:
+        super().__init__()
+        if not providers:
+            raise ValueError("at least one model is needed")
+        self.settings = settings
+        self.providers = providers
+        self.system = system
+        self.reason = reason
+        #: the streamchat theme (confidence bands, stage colours); its colours are the app theme
+        self.palette = palette
+        self.bus = EventBus()
+        self.freeze_gc = freeze_gc
+        self.warm_status = "warming up…"
+        self.warmed = asyncio.Event()
+        self._warming: dict[int, asyncio.Future] = {}  # id(provider) → its warm-up
+        theme = textual_theme(palette)
+        self.register_theme(theme)
+        self.theme = theme.name
+
+    @property
+    def chat(self) -> ChatScreen:
+        screen = self.screen_stack[0]
+        assert isinstance(screen, ChatScreen)
+        return screen
+
+    def on_mount(self) -> None:
+        self._warming = {id(p): asyncio.ensure_future(p.warm()) for p in self.providers}
+        self.run_worker(self._warm(), name="warm", group="warm", exit_on_error=False)
+        if self.freeze_gc:
+            self.call_after_refresh(self._freeze_gc)
+
+    def _freeze_gc(self) -> None:
+        gc.collect()
+        gc.freeze()
+
+    def warming(self, provider: "Provider") -> asyncio.Future | None:
+        """The provider's warm-up while it runs (a stream waits for it: starting one meanwhile
+        would import the SDK on the event loop, or block it on the import lock)."""
+        future = self._warming.get(id(provider))
+        return future if future is not None and not future.done() else None
+
+    async def _warm(self) -> None:
+        """Pre-load every provider (SDK import and client, or the local model) off the loop."""
+        results = await asyncio.gather(*self._warming.values(), return_exceptions=True)
+        problems = []
+        for provider, result in zip(self.providers, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("warming %s failed: %s", provider.model_id, result)
+                problems.append(f"{provider.model_id}: {result}")
+        self.warm_status = "ready" if not problems else "⚠ " + "; ".join(problems)
+        if self.is_running and self.screen_stack:
+            self.chat.show_status()
+        if self.freeze_gc:
+            self._freeze_gc()  # the SDK modules imported by warm-up are long-lived too
+        self.warmed.set()
+
+    async def action_quit(self) -> None:
+        """Quit; live streams are cancelled first (each keeps its partial answer)."""
+        if self.screen_stack:
+            self.chat.cancel_all()
+        self.exit()
+
+    async def on_unmount(self) -> None:
+        for future in self._warming.values():
+            future.cancel()
+        for provider in self.providers:
+            try:
+                await provider.aclose()
+            except Exception:
+                log.debug("closing %s failed", provider.model_id, exc_info=True)
+
+
+def make_app(
+    settings: "Settings",
+    models: list[str],
+    system: str | None = None,
+    *,
+    reason: str | None = None,
+    freeze_gc: bool = True,
+) -> StreamchatApp:
+    """The app for ``models`` (``provider:model`` ids; two or more are compared side by side).
+
+    Raises :class:`~streamchat.core.errors.ConfigError` for a bad model id or theme, before any
+    window opens."""
+    providers = [create_provider(model, timeouts=settings.timeouts) for model in models]
+    palette = load_theme(settings.theme)
+    return StreamchatApp(settings, providers, system=system, reason=reason, palette=palette,
+                         freeze_gc=freeze_gc)

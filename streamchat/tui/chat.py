@@ -1,0 +1,527 @@
+"""The chat screen: the conversation, N side-by-side lanes, live stats, the prompt — and the keys
+that steer a live answer.
+
+How an answer reaches the screen: each lane's :class:`~streamchat.core.stream.Stream` runs in a
+worker and publishes on the app's :class:`~streamchat.core.bus.EventBus`. One subscription (policy
+``coalesce``: it never slows a stream down) is read by one worker, :meth:`ChatScreen._consume`,
+in batches — await one event, ``drain()`` the rest — at most ~30 times a second; each batch becomes
+at most one ``MarkdownStream.write`` per lane. Keys act on the streams directly (pause, cancel) and
+show their effect at once, without waiting for the bus.
+
+Focus: while an answer streams, focus moves from the prompt to the conversation so that the
+single-key bindings (space, c, r, t) work. When every lane completed, focus returns to the prompt;
+when one was cut off or failed, it stays on the answer so that ``c`` continues it (enter or ``i``
+goes back to the prompt, escape in the prompt comes back to the answer keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static
+
+from ..core.events import (
+    Cancelled,
+    Completed,
+    Event,
+    Failed,
+    Paused,
+    Progress,
+    Resumed,
+    Retrying,
+    StreamStarted,
+    Token,
+)
+from ..core.request import ChatRequest
+from ..core.stream import Stream
+from .conversation import Answer, Conversation, Turn
+from .widgets import AnswerView, LaneStats, StatusBar, TurnView
+
+if TYPE_CHECKING:
+    from .app import StreamchatApp
+
+__all__ = ["ChatScreen", "FRAME_S"]
+
+log = logging.getLogger("streamchat.tui")
+
+#: the answer views are written at most this often (seconds): ~30 frames a second
+FRAME_S = 1 / 30
+#: the stats panel refreshes this often (seconds)
+STATS_S = 0.25
+
+WELCOME = (
+    "Type a question and press Enter.\n"
+    "While an answer streams: space pauses/resumes · esc stops (the partial stays) · "
+    "c continues a cut-off answer · r regenerates · t shows tokens coloured by confidence · "
+    "ctrl+n starts over · ctrl+q quits."
+)
+
+
+class ConversationView(VerticalScroll):
+    """The scrolling conversation (focusable, so that the answer keys work while it has focus).
+
+    :meth:`follow` holds the view at the bottom while an answer grows, until the person scrolls
+    up (Textual's ``anchor()``). Anchoring waits until the conversation overflows the window: an
+    anchored container that is not full shows its content at the bottom, which looks wrong for a
+    short chat. Every change of the content's size checks again."""
+
+    DEFAULT_CSS = """
+    ConversationView {
+        height: 1fr;
+        padding: 0 1;
+    }
+    ConversationView:focus {
+        background-tint: $foreground 3%;
+    }
+    """
+
+    follow_pending = False
+
+    def follow(self) -> None:
+        self.follow_pending = True
+        self._check_follow()
+
+    def unfollow(self) -> None:
+        self.follow_pending = False
+        self.anchor(False)
+
+    def _check_follow(self) -> None:
+        if self.follow_pending and self.max_scroll_y > 0:
+            self.follow_pending = False
+            self.anchor()
+
+    def watch_virtual_size(self) -> None:
+        self._check_follow()
+
+
+class ChatScreen(Screen):
+    CSS_PATH = "chat.tcss"
+
+    BINDINGS = [
+        Binding("space", "pause", "Pause"),
+        Binding("space", "resume", "Resume"),
+        Binding("escape", "stop", "Stop"),
+        Binding("escape", "answer_keys", "Answer keys"),
+        Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
+        Binding("c", "continue", "Continue"),
+        Binding("r", "regenerate", "Regenerate"),
+        Binding("t", "show_tokens", "Tokens"),
+        Binding("t", "show_markdown", "Markdown"),
+        Binding("enter,i", "write", "Ask", key_display="enter"),
+        Binding("ctrl+n", "new_conversation", "New chat", priority=True),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="chat")
+        self.conversation: Conversation | None = None
+        #: the view of each answer, and which stream writes into it now (stream id → …)
+        self._live: dict[str, tuple[Answer, AnswerView]] = {}
+        self._views: dict[int, TurnView] = {}  # id(Turn) → its view
+        self.token_view = False
+        self._subscription = None
+        self.frames = 0  # batches rendered (for tests and measurements)
+
+    @property
+    def chat_app(self) -> "StreamchatApp":
+        return self.app  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        app = self.chat_app
+        yield StatusBar(id="status")
+        with ConversationView(id="conversation"):
+            yield Static(WELCOME, id="welcome", markup=False)
+        with Horizontal(id="lanes-stats"):
+            for i, provider in enumerate(app.providers):
+                yield LaneStats(provider.model_id, id=f"stats-{i}")
+        yield Input(placeholder="Ask something…  (Enter sends)", id="prompt")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        app = self.chat_app
+        self.conversation = Conversation(len(app.providers))
+        # Subscribe now (synchronously), so that no event can be published before we listen.
+        self._subscription = app.bus.subscribe(maxsize=4096, policy="coalesce")
+        self.run_worker(self._consume(), name="bus", group="bus", exit_on_error=False)
+        self.set_interval(STATS_S, self._tick_stats, name="stats")
+        self.show_status()
+        self.query_one("#prompt", Input).focus()
+
+    def on_unmount(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def prompt(self) -> Input:
+        return self.query_one("#prompt", Input)
+
+    @property
+    def scroller(self) -> ConversationView:
+        return self.query_one("#conversation", ConversationView)
+
+    def lane_stats(self, lane: int) -> LaneStats:
+        return self.query_one(f"#stats-{lane}", LaneStats)
+
+    @property
+    def last_turn(self) -> Turn | None:
+        return self.conversation.last if self.conversation else None
+
+    def turn_view(self, turn: Turn) -> TurnView:
+        return self._views[id(turn)]
+
+    @property
+    def streaming(self) -> bool:
+        return any(answer.live for answer, _ in self._live.values())
+
+    def live_answers(self) -> list[tuple[Answer, AnswerView]]:
+        return [(a, v) for a, v in self._live.values() if a.live]
+
+    @property
+    def paused(self) -> bool:
+        live = self.live_answers()
+        return bool(live) and all(a.stream is not None and a.stream.state == "paused" for a, _ in live)
+
+    def _cut_answers(self) -> list[tuple[Answer, AnswerView]]:
+        turn = self.last_turn
+        if turn is None or turn.live:
+            return []
+        view = self.turn_view(turn)
+        return [(a, v) for a, v in zip(turn.answers, view.answers, strict=True) if a.cut_off]
+
+    def show_status(self, right: str | Content | None = None) -> None:
+        app = self.chat_app
+        models = " │ ".join(p.model_id for p in app.providers)
+        left = Content.from_markup("[b]streamchat[/b] · $models", models=models)
+        if app.reason:
+            left += Content.from_markup("  ($reason)", reason=app.reason)
+        if self.token_view:
+            legend = Content("  tokens: ")
+            for band in app.palette.bands:
+                legend += Content.assemble(("■ ", band.color), (f"{band.label} ", band.color))
+            left += legend
+        status = self.query_one("#status", StatusBar)
+        status.show(left, right if right is not None else app.warm_status)
+
+    def _request_base(self, lane: int) -> ChatRequest:
+        app = self.chat_app
+        provider = app.providers[lane]
+        settings = app.settings
+        return ChatRequest(
+            messages=(),
+            system=app.system if app.system is not None else settings.system,
+            max_tokens=settings.max_tokens,
+            # per-token confidence colours the token view: ask whenever the provider can give it
+            confidence=bool(provider.supports_confidence or settings.confidence),
+        )
+
+    def _new_stream(self, answer: Answer) -> Stream:
+        app = self.chat_app
+        lanes = len(app.providers)
+        return Stream(
+            app.providers[answer.lane],
+            answer.request,
+            bus=app.bus,
+            timeouts=app.settings.timeouts,
+            lane=str(answer.lane + 1) if lanes > 1 else None,
+        )
+
+    async def _start(self, answer: Answer, view: AnswerView, stream: Stream, *, fresh: bool) -> None:
+        """Make ``stream`` write into ``view`` and run it in a worker."""
+        answer.stream = stream
+        answer.state = "pending"
+        answer.error = None
+        self._live = {sid: pair for sid, pair in self._live.items() if pair[1] is not view}
+        self._live[stream.id] = (answer, view)
+        await view.begin(stream.id, fresh=fresh)
+        self.lane_stats(answer.lane).begin(stream, fresh=fresh)
+        self.run_worker(self._run_stream(answer, view, stream), name=f"stream-{stream.id}",
+                        group=f"lane-{answer.lane}", exit_on_error=False)
+
+    async def _run_stream(self, answer: Answer, view: AnswerView, stream: Stream) -> None:
+        warming = self.chat_app.warming(stream.provider)
+        if warming is not None:
+            if view.state == "waiting":
+                self._set_state(answer, view, "waiting", "warming up")
+            # wait for the warm-up, unless the person stops the stream meanwhile
+            while not warming.done() and not stream.done:
+                await asyncio.wait({warming}, timeout=0.05)
+        await stream.run()  # never raises a StreamchatError: failures end it as failed
+
+    def _streaming_started(self) -> None:
+        """Move focus off the prompt so that the single keys work; follow the answer."""
+        if self.focused is None or self.focused is self.prompt:
+            self.scroller.focus()
+        self.scroller.follow()
+        self.refresh_bindings()
+
+    # ------------------------------------------------------------------ prompt
+    @on(Input.Submitted, "#prompt")
+    async def _submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        if self.streaming:
+            self.notify("An answer is still streaming: esc stops it.", severity="warning", timeout=3)
+            return
+        event.input.value = ""
+        await self.send(text)
+
+    async def send(self, prompt: str) -> None:
+        """Start a turn: the prompt, and one streaming answer per lane."""
+        assert self.conversation is not None
+        app = self.chat_app
+        conversation = self.conversation
+        turn = Turn(prompt)
+        for lane in range(len(app.providers)):
+            request = conversation.request(lane, prompt, self._request_base(lane))
+            turn.answers.append(Answer(lane=lane, request=request))
+        conversation.turns.append(turn)
+        view = TurnView(prompt, [p.model_id for p in app.providers], app.palette)
+        self._views[id(turn)] = view
+        welcome = self.query("#welcome")
+        if welcome:
+            await welcome.remove()
+        await self.scroller.mount(view)
+        for answer, answer_view in zip(turn.answers, view.answers, strict=True):
+            answer_view.show_tokens(self.token_view)
+            await self._start(answer, answer_view, self._new_stream(answer), fresh=True)
+        self._streaming_started()
+
+    # ------------------------------------------------------------------ the bus → the view
+    async def _consume(self) -> None:
+        """Render bus events in batches, at most one batch per frame."""
+        sub = self._subscription
+        assert sub is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                first = await sub.__anext__()
+            except StopAsyncIteration:
+                return
+            started = loop.time()
+            batch = [first, *sub.drain()]
+            try:
+                await self._apply_batch(batch)
+            except Exception:  # a rendering bug must not stop the answers from showing
+                log.exception("rendering %d events failed", len(batch))
+            self.frames += 1
+            rest = FRAME_S - (loop.time() - started)
+            if rest > 0:
+                await asyncio.sleep(rest)
+
+    async def _apply_batch(self, batch: list[Event]) -> None:
+        touched: dict[int, AnswerView] = {}
+        live = self._live
+        for event in batch:
+            pair = live.get(event.stream_id)
+            if pair is None:  # a stream whose view is gone (new conversation, regenerated)
+                continue
+            answer, view = pair
+            if view.stream_id != event.stream_id:
+                continue
+            kind = type(event)
+            if kind is Token:
+                if view.state not in ("streaming", "paused", "stopping"):
+                    self._set_state(answer, view, "streaming")
+                view.take(event)
+                touched[id(view)] = view
+            elif kind is StreamStarted:
+                answer.state = "active"
+                if view.state != "paused":
+                    self._set_state(answer, view, "waiting", "continuing" if event.continues else "")
+            elif kind is Paused:
+                answer.state = "paused"
+                self._set_state(answer, view, "paused")
+            elif kind is Resumed:
+                answer.state = "active"
+                if view.state != "stopping":
+                    self._set_state(answer, view, "streaming" if view.pieces else "waiting")
+            elif kind is Retrying:
+                self._set_state(answer, view, "retrying", f"in {event.delay:.1f} s — {event.reason}")
+            elif kind is Progress:
+                self._set_state(answer, view, view.state, event.message)
+            elif kind in (Completed, Failed, Cancelled):
+                touched.pop(id(view), None)
+                await self._finish(answer, view, event)
+        for view in touched.values():
+            await view.flush()
+
+    async def _finish(self, answer: Answer, view: AnswerView, event: Event) -> None:
+        answer.finish_reason = None
+        if isinstance(event, Completed):
+            answer.state, answer.text, answer.error = "completed", event.text, None
+            answer.finish_reason = event.finish_reason
+        elif isinstance(event, Failed):
+            answer.state, answer.text, answer.error = "failed", event.partial, event.error
+        else:
+            assert isinstance(event, Cancelled)
+            answer.state, answer.text, answer.error = "cancelled", event.partial, None
+        provider = self.chat_app.providers[answer.lane]
+        await view.finish(answer.state, answer.text, answer.error, key_env=provider.key_env,
+                          at_limit=answer.at_limit)
+        stats = self.lane_stats(answer.lane)
+        stats.tick()
+        stats.set_state(view.state)
+        self._live.pop(event.stream_id, None)
+        if not self.streaming:
+            self._all_done()
+
+    def _all_done(self) -> None:
+        turn = self.last_turn
+        completed = turn is not None and all(a.state == "completed" and not a.cut_off for a in turn.answers)
+        if completed and (self.focused is self.scroller or self.focused is None):
+            self.prompt.focus()
+        self.refresh_bindings()
+
+    def _set_state(self, answer: Answer, view: AnswerView, state: str, detail: str = "") -> None:
+        view.set_state(state, detail)
+        self.lane_stats(answer.lane).set_state(state, detail)
+
+    def _tick_stats(self) -> None:
+        for stats in self.query(LaneStats):
+            if stats.stream is not None and not stats.stream.done:
+                stats.tick()
+
+    # ------------------------------------------------------------------ keys
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        prompt_focused = self.focused is not None and self.focused is self.query_one("#prompt")
+        streaming = self.streaming
+        if action == "pause":
+            return streaming and not self.paused and not prompt_focused
+        if action == "resume":
+            return streaming and self.paused and not prompt_focused
+        if action == "stop":
+            return streaming
+        if action == "answer_keys":
+            return not streaming and prompt_focused and self.last_turn is not None
+        if action == "continue":
+            return not prompt_focused and bool(self._cut_answers())
+        if action == "regenerate":
+            return not prompt_focused and self.last_turn is not None
+        if action == "show_tokens":
+            return not prompt_focused and not self.token_view
+        if action == "show_markdown":
+            return not prompt_focused and self.token_view
+        if action == "write":
+            return not prompt_focused
+        return True
+
+    def action_pause(self) -> None:
+        for answer, view in self.live_answers():
+            assert answer.stream is not None
+            if answer.stream.pause():  # shown at once, not when the Paused event comes round
+                answer.state = "paused"
+                self._set_state(answer, view, "paused")
+        self.refresh_bindings()
+
+    def action_resume(self) -> None:
+        for answer, view in self.live_answers():
+            assert answer.stream is not None
+            if answer.stream.resume():
+                answer.state = "active"
+                self._set_state(answer, view, "streaming" if view.pieces else "waiting")
+        self.refresh_bindings()
+
+    def action_stop(self) -> None:
+        """Cancel every live lane; each keeps its partial answer (marked cut off)."""
+        for answer, view in self.live_answers():
+            assert answer.stream is not None
+            if answer.stream.cancel():
+                self._set_state(answer, view, "stopping")
+
+    def action_interrupt(self) -> None:
+        """ctrl+c: stop a live answer — never quit. Idle: copy the selection, else a hint."""
+        if self.streaming:
+            self.action_stop()
+            return
+        focused = self.focused
+        if isinstance(focused, Input) and focused.selected_text:
+            focused.action_copy()
+            return
+        if self.get_selected_text():
+            self.action_copy_text()
+            return
+        self.notify("Nothing is streaming. ctrl+q quits.", timeout=2)
+
+    def action_answer_keys(self) -> None:
+        self.scroller.focus()
+        self.refresh_bindings()
+
+    def action_write(self) -> None:
+        self.prompt.focus()
+        self.refresh_bindings()
+
+    async def action_continue(self) -> None:
+        """Continue every cut-off lane of the last turn in place (the continuation is appended to
+        the same message); a lane that got no text at all starts again."""
+        pairs = self._cut_answers()
+        if not pairs:
+            return
+        for answer, view in pairs:
+            previous = answer.stream
+            if previous is not None and answer.text.strip():
+                stream = previous.continuation(bus=self.chat_app.bus)
+                await self._start(answer, view, stream, fresh=False)
+            else:
+                await self._start(answer, view, self._new_stream(answer), fresh=True)
+        self._streaming_started()
+
+    async def action_regenerate(self) -> None:
+        """Ask the last prompt again in every lane (live lanes are cancelled first)."""
+        turn = self.last_turn
+        if turn is None:
+            return
+        view = self.turn_view(turn)
+        for answer, answer_view in zip(turn.answers, view.answers, strict=True):
+            if answer.live and answer.stream is not None:
+                answer.stream.cancel()
+            answer.text = ""
+            await self._start(answer, answer_view, self._new_stream(answer), fresh=True)
+        self._streaming_started()
+
+    def action_show_tokens(self) -> None:
+        self._set_token_view(True)
+
+    def action_show_markdown(self) -> None:
+        self._set_token_view(False)
+
+    def _set_token_view(self, on: bool) -> None:
+        self.token_view = on
+        for view in self.query(AnswerView):
+            view.show_tokens(on)
+        self.show_status()
+        self.refresh_bindings()
+
+    async def action_new_conversation(self) -> None:
+        """Cancel what streams, forget every turn, clear the view."""
+        for answer, view in list(self._live.values()):
+            if answer.live and answer.stream is not None:
+                answer.stream.cancel()
+            await view.abandon()
+        self._live.clear()
+        self._views.clear()
+        if self.conversation is not None:
+            self.conversation.clear()
+        self.scroller.unfollow()
+        await self.scroller.remove_children()
+        await self.scroller.mount(Static(WELCOME, id="welcome", markup=False))
+        for stats in self.query(LaneStats):
+            stats.reset()
+        self.prompt.value = ""
+        self.prompt.focus()
+        self.refresh_bindings()
+
+    # ------------------------------------------------------------------ for the app
+    def cancel_all(self) -> None:
+        for answer, _ in self.live_answers():
+            if answer.stream is not None:
+                answer.stream.cancel()

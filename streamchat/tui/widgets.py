@@ -1,0 +1,482 @@
+"""Reusable widgets of the chat view; each carries its own DEFAULT_CSS.
+
+* :class:`AnswerView` — one lane's answer: a header (model, state), the answer as Markdown streamed
+  through a ``MarkdownStream`` (or, toggled, as coloured tokens), and a note under it (cut off, or
+  the error and what to do next).
+* :class:`TurnView` — a prompt and its answers side by side (one per lane).
+* :class:`LaneStats` — live figures of one lane: tokens/s sparkline, time to first token, tokens,
+  elapsed, state.
+* :class:`StatusBar` — model, why it was picked, warm-up, hints.
+
+Widgets only render; the screen drives them from bus events (they never talk to a provider).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.content import Content
+from textual.widgets import Markdown, Sparkline, Static
+
+from ..core.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConnectionLostError,
+    OverloadedError,
+    RateLimitedError,
+    StreamchatError,
+    StreamTimeoutError,
+)
+from ..core.events import Token
+from ..core.text import neutralise as _neutralise
+
+if TYPE_CHECKING:
+    from textual.widgets.markdown import MarkdownStream
+
+    from ..core.stream import Stream
+    from ..theming import Theme
+
+__all__ = ["AnswerView", "TurnView", "LaneStats", "StatusBar", "STATES", "neutralise", "error_hint"]
+
+#: display state → (label, colour variable)
+STATES: dict[str, tuple[str, str]] = {
+    "waiting": ("… waiting", "$text-muted"),
+    "streaming": ("● streaming", "$accent"),
+    "paused": ("⏸ paused", "$warning"),
+    "retrying": ("↻ retrying", "$warning"),
+    "stopping": ("… stopping", "$warning"),
+    "cancelled": ("⏹ stopped", "$warning"),
+    "failed": ("✖ failed", "$error"),
+    "done": ("✓ done", "$success"),
+    "idle": ("idle", "$text-muted"),
+}
+
+#: Above this size the finishing full re-parse of an answer is skipped when the streamed text is
+#: already exact (re-mounting every block of a huge answer costs more than it could fix).
+FULL_UPDATE_LIMIT = 200_000
+#: the coloured token view is re-rendered at most this often while streaming (seconds)
+TOKEN_VIEW_INTERVAL = 0.1
+
+def neutralise(text: str) -> str:
+    """A model must not drive the terminal (see ``core.text``); CRs are dropped in a widget."""
+    return _neutralise(text, drop_cr=True)
+
+
+def state_content(state: str, detail: str = "") -> Content:
+    label, colour = STATES.get(state, (state, "$text-muted"))
+    if detail:
+        return Content.from_markup(f"[{colour}]$label[/] [$text-muted]$detail[/]", label=label, detail=detail)
+    return Content.from_markup(f"[{colour}]$label[/]", label=label)
+
+
+def error_hint(error: StreamchatError | None, has_partial: bool, key_env: str | None = None) -> str:
+    """What to do next after ``error`` (one line)."""
+    keep = "c continues the partial answer · r starts again" if has_partial else "r tries again"
+    if isinstance(error, AuthenticationError):
+        where = f" ({key_env})" if key_env else ""
+        return f"Check the API key{where}: start streamchat again with a valid one."
+    if isinstance(error, RateLimitedError):
+        return f"The provider is rate-limiting: wait a little, then {keep}."
+    if isinstance(error, OverloadedError):
+        return f"The provider is overloaded: wait a little, then {keep}."
+    if isinstance(error, StreamTimeoutError):
+        return f"The provider was too slow: {keep}."
+    if isinstance(error, ConnectionLostError):
+        if has_partial:
+            return f"The connection dropped: {keep}."
+        return "Could not reach the provider: check the network or the endpoint, then r tries again."
+    if isinstance(error, BadRequestError):
+        return "The request was refused: check the model name (-m PROVIDER:MODEL) and options."
+    return f"{keep[0].upper()}{keep[1:]}."
+
+
+class AnswerView(Vertical):
+    """One lane's answer. The screen calls :meth:`begin` when a stream starts writing to it,
+    :meth:`take` per token event, :meth:`flush` once per frame and :meth:`finish` at the end."""
+
+    DEFAULT_CSS = """
+    AnswerView {
+        width: 1fr;
+        height: auto;
+        padding: 0 1;
+    }
+    AnswerView > .answer--header {
+        height: 1;
+        color: $text-muted;
+    }
+    AnswerView > Markdown {
+        margin: 0;
+        padding: 0;
+        background: transparent;
+    }
+    AnswerView > .answer--tokens {
+        display: none;
+        height: auto;
+    }
+    AnswerView.-tokens > Markdown {
+        display: none;
+    }
+    AnswerView.-tokens > .answer--tokens {
+        display: block;
+    }
+    AnswerView > .answer--note {
+        display: none;
+        height: auto;
+        padding: 0 1;
+    }
+    AnswerView.-cut > .answer--note {
+        display: block;
+        color: $warning;
+        border-left: outer $warning;
+    }
+    AnswerView.-failed > .answer--note {
+        display: block;
+        color: $error;
+        border-left: outer $error;
+    }
+    """
+
+    def __init__(self, model_id: str, lane: int, theme: "Theme", *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="answer")
+        self.model_id = model_id
+        self.lane = lane
+        self.palette = theme
+        self.markdown = Markdown("", classes="answer--md")
+        self.tokens_view = Static("", classes="answer--tokens", markup=False)
+        self.header = Static(classes="answer--header")
+        self.note = Static("", classes="answer--note", markup=False)
+        self.state = "waiting"
+        self.stream_id: str | None = None
+        self._md_stream: "MarkdownStream | None" = None
+        self._pending: list[str] = []
+        #: every piece of text as it arrived: (text, confidence, stage) — for the token view
+        self.pieces: list[tuple[str, float | None, str | None]] = []
+        self._tokens_rendered_at = 0.0
+        self._tokens_dirty = False
+
+    def compose(self) -> ComposeResult:
+        yield self.header
+        yield self.markdown
+        yield self.tokens_view
+        yield self.note
+
+    def on_mount(self) -> None:
+        self.set_state("waiting")
+
+    # -- driven by the screen ---------------------------------------------------------------
+    @property
+    def text(self) -> str:
+        """What the Markdown view holds."""
+        return self.markdown.source
+
+    def set_state(self, state: str, detail: str = "") -> None:
+        self.state = state
+        header = Content.from_markup("[b]$model[/b]  ", model=self.model_id) + state_content(state, detail)
+        self.header.update(header)
+
+    async def begin(self, stream_id: str, *, fresh: bool) -> None:
+        """A stream starts writing here: a new answer (``fresh``) or a continuation of this one."""
+        await self.stop_streaming()
+        if fresh:
+            self.pieces.clear()
+            await self.markdown.update("")
+            self.tokens_view.update("")
+        self.stream_id = stream_id
+        self._pending.clear()
+        self.remove_class("-cut", "-failed")
+        self.note.update("")
+        self._md_stream = Markdown.get_stream(self.markdown)
+        self.set_state("waiting")
+
+    def take(self, token: Token) -> None:
+        text = neutralise(token.text)
+        self._pending.append(text)
+        self.pieces.append((text, token.confidence, token.stage))
+        self._tokens_dirty = True
+
+    async def flush(self) -> None:
+        """Write what arrived since the last frame (one MarkdownStream write)."""
+        if self._pending and self._md_stream is not None:
+            text = "".join(self._pending)
+            self._pending.clear()
+            await self._md_stream.write(text)
+        if self._tokens_dirty and self.has_class("-tokens"):
+            now = time.monotonic()
+            if now - self._tokens_rendered_at >= TOKEN_VIEW_INTERVAL:
+                self.render_tokens()
+
+    async def stop_streaming(self) -> None:
+        md_stream, self._md_stream = self._md_stream, None
+        if md_stream is not None:
+            if self._pending:
+                await md_stream.write("".join(self._pending))
+                self._pending.clear()
+            await md_stream.stop()
+
+    async def finish(self, state: str, text: str, error: StreamchatError | None = None,
+                     key_env: str | None = None, at_limit: bool = False) -> None:
+        """The stream ended: make the view hold exactly ``text`` and say how it ended."""
+        await self.stop_streaming()
+        text = neutralise(text)
+        if self.markdown.source != text or len(text) <= FULL_UPDATE_LIMIT:
+            await self.markdown.update(text)  # one full parse at the end (exact, and the true text)
+        if "".join(p[0] for p in self.pieces) != text:  # e.g. a continuation joined with overlap
+            self._reconcile_pieces(text)
+        if self.has_class("-tokens"):
+            self.render_tokens()
+        if state == "cancelled":
+            self.add_class("-cut")
+            self.note.update("⏹ cut off here — c continues from here · r regenerates")
+            self.set_state("cancelled")
+        elif state == "failed":
+            self.add_class("-failed")
+            self.note.update(f"✖ {error}\n{error_hint(error, bool(text.strip()), key_env)}")
+            self.set_state("failed")
+        elif at_limit:
+            self.add_class("-cut")
+            self.note.update("⏹ stopped at the token limit (max_tokens) — c continues")
+            self.set_state("done", "at the token limit")
+        elif not text.strip():
+            self.add_class("-cut")
+            self.note.update("The model sent an empty answer — r regenerates.")
+            self.set_state("done", "empty")
+        else:
+            self.set_state("done")
+
+    def _reconcile_pieces(self, text: str) -> None:
+        """Keep the pieces that ``text`` starts with (their colours stay); the rest becomes one
+        plain piece."""
+        kept: list[tuple[str, float | None, str | None]] = []
+        at = 0
+        for piece in self.pieces:
+            if not text.startswith(piece[0], at):
+                break
+            kept.append(piece)
+            at += len(piece[0])
+        if at < len(text):
+            kept.append((text[at:], None, None))
+        self.pieces[:] = kept
+        self._tokens_dirty = True
+
+    async def abandon(self) -> None:
+        """Stop rendering for good (the view is about to be removed)."""
+        self.stream_id = None
+        await self.stop_streaming()
+
+    # -- the coloured token view ---------------------------------------------------------------
+    def show_tokens(self, on: bool) -> None:
+        self.set_class(on, "-tokens")
+        if on:
+            self.render_tokens()
+
+    def render_tokens(self) -> None:
+        """Tokens coloured by confidence band (or stage colour); plain tokens alternate two shades
+        so that their boundaries show."""
+        theme = self.palette
+        parts: list[tuple[str, str] | str] = []
+        plain = ("", "$text-muted")
+        stage_now: str | None = None
+        for i, (text, confidence, stage) in enumerate(self.pieces):
+            if stage and stage != stage_now:
+                marker = theme.stage(stage)
+                if marker is not None and marker.marker:
+                    parts.append((f"{marker.marker} ", marker.color))
+                stage_now = stage
+            band = theme.band(confidence)
+            if band is not None:
+                style = band.color
+            elif (stage_style := theme.stage(stage)) is not None:
+                style = stage_style.color
+            else:
+                style = plain[i % 2]
+            parts.append((text, style) if style else text)
+        self.tokens_view.update(Content.assemble(*parts))
+        self._tokens_rendered_at = time.monotonic()
+        self._tokens_dirty = False
+
+
+class TurnView(Vertical):
+    """A prompt, then one :class:`AnswerView` per lane, side by side."""
+
+    DEFAULT_CSS = """
+    TurnView {
+        height: auto;
+        margin-bottom: 1;
+    }
+    TurnView > .turn--prompt {
+        height: auto;
+        margin: 0 0 1 0;
+        padding: 0 1;
+        color: $text;
+        background: $boost;
+        border-left: outer $primary;
+    }
+    TurnView > .turn--lanes {
+        height: auto;
+    }
+    TurnView.-lanes AnswerView {
+        border-left: vkey $panel-lighten-2;
+    }
+    TurnView.-lanes AnswerView:first-of-type {
+        border-left: none;
+    }
+    """
+
+    def __init__(self, prompt: str, models: list[str], theme: "Theme") -> None:
+        super().__init__(classes="turn")
+        self.prompt = prompt
+        self.answers = [AnswerView(model, i, theme) for i, model in enumerate(models)]
+        self.set_class(len(models) > 1, "-lanes")
+
+    def compose(self) -> ComposeResult:
+        yield Static(neutralise(self.prompt), classes="turn--prompt", markup=False)
+        with Horizontal(classes="turn--lanes"):
+            yield from self.answers
+
+
+class LaneStats(Vertical):
+    """Live figures of one lane, refreshed by :meth:`tick` a few times a second."""
+
+    DEFAULT_CSS = """
+    LaneStats {
+        width: 1fr;
+        height: 4;
+        padding: 0 1;
+        border: round $panel-lighten-2;
+        border-title-color: $primary;
+        border-title-style: bold;
+    }
+    LaneStats > Sparkline {
+        height: 1;
+        margin: 0;
+    }
+    LaneStats > Sparkline > .sparkline--max-color {
+        color: $accent;
+    }
+    LaneStats > Sparkline > .sparkline--min-color {
+        color: $primary 50%;
+    }
+    LaneStats > .stats--figures {
+        height: 1;
+        color: $text-muted;
+    }
+    """
+
+    #: samples kept for the sparkline (at 4 a second: the last 30 s)
+    SAMPLES = 120
+
+    def __init__(self, model_id: str, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.model_id = model_id
+        self.sparkline = Sparkline([], summary_function=max)
+        self.figures = Static("no answer yet", classes="stats--figures", markup=False)
+        self.stream: "Stream | None" = None
+        self.rates: deque[float] = deque(maxlen=self.SAMPLES)
+        self._last: tuple[float, int] | None = None
+        #: tokens and seconds of the earlier streams of this answer (a continuation adds to them)
+        self._carry: tuple[int, float] = (0, 0.0)
+        self.state = "idle"
+
+    def compose(self) -> ComposeResult:
+        yield self.sparkline
+        yield self.figures
+
+    def on_mount(self) -> None:
+        self.border_title = self.model_id
+        self.set_state("idle")
+
+    def set_state(self, state: str, detail: str = "") -> None:
+        self.state = state
+        self.border_subtitle = state_content(state, detail)
+
+    def begin(self, stream: "Stream", *, fresh: bool) -> None:
+        previous = self.stream
+        if fresh or previous is None:
+            self.rates.clear()
+            self._carry = (0, 0.0)
+        else:
+            before = previous.stats()
+            self._carry = (self._carry[0] + before.tokens, self._carry[1] + before.elapsed)
+        self.stream = stream
+        self._last = None
+        self.set_state("waiting")
+        self.tick()
+
+    def reset(self) -> None:
+        self.stream = None
+        self.rates.clear()
+        self._last = None
+        self._carry = (0, 0.0)
+        self.sparkline.data = []
+        self.figures.update("no answer yet")
+        self.set_state("idle")
+
+    def sparkline_data(self) -> list[float]:
+        """The samples, right-aligned: the line fills from the right as the answer goes on."""
+        rates = list(self.rates)
+        return [0.0] * (self.SAMPLES - len(rates)) + rates
+
+    def tick(self) -> None:
+        stream = self.stream
+        if stream is None:
+            return
+        stats = stream.stats()
+        now = time.monotonic()
+        if not stream.done:
+            if self._last is not None:
+                t0, n0 = self._last
+                if now > t0:
+                    self.rates.append(max(0.0, (stats.tokens - n0) / (now - t0)))
+            self._last = (now, stats.tokens)
+            self.sparkline.data = self.sparkline_data()
+        tps = f"{stats.tokens_per_s:.1f} tok/s" if stats.tokens_per_s else "– tok/s"
+        ttft = f"first {stats.ttft:.2f} s" if stats.ttft is not None else "first –"
+        tokens, elapsed = self._carry[0] + stats.tokens, self._carry[1] + stats.elapsed
+        parts = [tps, ttft, f"{tokens} tok", f"{elapsed:.1f} s"]
+        if stats.paused_s >= 0.1:
+            parts.append(f"paused {stats.paused_s:.1f} s")
+        if stats.retries:
+            parts.append(f"{stats.retries} retr{'y' if stats.retries == 1 else 'ies'}")
+        if self._carry[0]:
+            parts.append("continued")
+        self.figures.update(" · ".join(parts))
+
+
+class StatusBar(Horizontal):
+    """One line at the top: the model(s) and why, warm-up, and a hint or the token legend."""
+
+    DEFAULT_CSS = """
+    StatusBar {
+        height: 1;
+        background: $panel;
+        color: $text-muted;
+        padding: 0 1;
+    }
+    StatusBar > .status--left {
+        width: 1fr;
+        height: 1;
+    }
+    StatusBar > .status--right {
+        width: auto;
+        height: 1;
+    }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.left = Static(classes="status--left")
+        self.right = Static(classes="status--right")
+
+    def compose(self) -> ComposeResult:
+        yield self.left
+        yield self.right
+
+    def show(self, left: Content | str | None = None, right: Content | str | None = None) -> None:
+        if left is not None:
+            self.left.update(left)
+        if right is not None:
+            self.right.update(right)
