@@ -7,24 +7,7 @@ import json
 from typing import IO
 
 from ..config import Settings, resolve_model
-from ..providers import provider_class, provider_names
-from ..providers.base import ProviderStatus
-
-
-async def gather_status(timeout: float = 0.5) -> list[ProviderStatus]:
-    """Every provider's status, checked in parallel, each bounded by ``timeout``."""
-
-    async def one(name: str) -> ProviderStatus:
-        try:
-            cls = provider_class(name)
-            # the check bounds its own network wait; the outer bound only catches a hung plugin
-            return await asyncio.wait_for(cls.status(timeout=timeout), timeout + 5.0)
-        except asyncio.TimeoutError:
-            return ProviderStatus(name, False, "status check timed out")
-        except Exception as exc:  # a broken plugin must not break the list
-            return ProviderStatus(name, False, f"unavailable: {exc or type(exc).__name__}")
-
-    return list(await asyncio.gather(*(one(name) for name in provider_names())))
+from ..providers import gather_status
 
 
 async def run_models(*, settings: Settings, json_mode: bool, out: IO[str]) -> int:

@@ -7,15 +7,16 @@ in the ``streamchat.providers`` group (``name = "package.module:Class"``).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from typing import TYPE_CHECKING
 
 from ..core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .base import Provider, Timeouts
+    from .base import Provider, ProviderStatus, Timeouts
 
-__all__ = ["BUILTIN", "parse_model_id", "provider_class", "create_provider", "provider_names"]
+__all__ = ["BUILTIN", "parse_model_id", "provider_class", "create_provider", "provider_names", "gather_status"]
 
 BUILTIN: dict[str, str] = {
     "anthropic": "streamchat.providers.anthropic:AnthropicProvider",
@@ -59,3 +60,21 @@ def provider_class(name: str) -> type["Provider"]:
 def create_provider(model_id: str, *, timeouts: "Timeouts | None" = None) -> "Provider":
     name, model = parse_model_id(model_id)
     return provider_class(name)(model, timeouts=timeouts)
+
+
+async def gather_status(timeout: float = 0.5) -> list["ProviderStatus"]:
+    """Every provider's status, checked in parallel, each bounded by ``timeout``."""
+
+    async def one(name: str) -> "ProviderStatus":
+        from .base import ProviderStatus
+
+        try:
+            cls = provider_class(name)
+            # the check bounds its own network wait; the outer bound only catches a hung plugin
+            return await asyncio.wait_for(cls.status(timeout=timeout), timeout + 5.0)
+        except asyncio.TimeoutError:
+            return ProviderStatus(name, False, "status check timed out")
+        except Exception as exc:  # a broken plugin must not break the list
+            return ProviderStatus(name, False, f"unavailable: {exc or type(exc).__name__}")
+
+    return list(await asyncio.gather(*(one(name) for name in provider_names())))

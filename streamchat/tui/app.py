@@ -13,6 +13,11 @@ objects do not stall key presses later.
 ``ctrl+c`` never quits: while an answer streams it stops it (the partial stays); when nothing
 streams it copies a selection, or says that ``ctrl+q`` quits. ``ctrl+q`` quits (streams are
 cancelled first, their partials kept).
+
+The command palette (``ctrl+p``) holds streamchat's own commands next to Textual's (quit, keys,
+screenshot): switch a lane's model (``commands.ModelCommands``: the models each ready provider
+offers, or any ``provider:model`` typed in), the theme (streamchat's themes replace Textual's theme command: the
+confidence bands and stage colours come from them), and the token colouring.
 """
 
 from __future__ import annotations
@@ -20,18 +25,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.theme import Theme as TextualTheme
 
 from ..core.bus import EventBus
-from ..providers import create_provider
-from ..theming import COLOR_KEYS, load_theme
+from ..core.errors import StreamchatError
+from ..providers import create_provider, gather_status
+from ..theming import COLOR_KEYS, load_theme, theme_names
 from .chat import ChatScreen
+from .commands import ModelCommands
 
 if TYPE_CHECKING:
+    from textual.screen import Screen
+
     from ..config import Settings
     from ..providers.base import Provider
     from ..theming import Theme
@@ -54,6 +63,7 @@ class StreamchatApp(App):
     # A mode (not get_default_screen) so that the screen's CSS_PATH is loaded.
     MODES = {"chat": ChatScreen}
     DEFAULT_MODE = "chat"
+    COMMANDS = App.COMMANDS | {ModelCommands}
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
@@ -82,6 +92,10 @@ class StreamchatApp(App):
         self.warm_status = "warming up…"
         self.warmed = asyncio.Event()
         self._warming: dict[int, asyncio.Future] = {}  # id(provider) → its warm-up
+        #: providers replaced by a model switch: an answer they wrote may still be continued
+        self._retired: list["Provider"] = []
+        self._found_models: list[str] = []  # see discover_models()
+        self._models_checked: float | None = None
         theme = textual_theme(palette)
         self.register_theme(theme)
         self.theme = theme.name
@@ -93,10 +107,16 @@ class StreamchatApp(App):
         return screen
 
     def on_mount(self) -> None:
-        self._warming = {id(p): asyncio.ensure_future(p.warm()) for p in self.providers}
+        for provider in self.providers:
+            self._start_warming(provider)
         self.run_worker(self._warm(), name="warm", group="warm", exit_on_error=False)
         if self.freeze_gc:
             self.call_after_refresh(self._freeze_gc)
+
+    def _start_warming(self, provider: "Provider") -> None:
+        future = asyncio.ensure_future(provider.warm())
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen: no warning
+        self._warming[id(provider)] = future
 
     def _freeze_gc(self) -> None:
         gc.collect()
@@ -110,7 +130,8 @@ class StreamchatApp(App):
 
     async def _warm(self) -> None:
         """Pre-load every provider (SDK import and client, or the local model) off the loop."""
-        results = await asyncio.gather(*self._warming.values(), return_exceptions=True)
+        results = await asyncio.gather(*(self._warming[id(p)] for p in self.providers),
+                                       return_exceptions=True)
         problems = []
         for provider, result in zip(self.providers, results, strict=True):
             if isinstance(result, BaseException):
@@ -123,6 +144,75 @@ class StreamchatApp(App):
             self._freeze_gc()  # the SDK modules imported by warm-up are long-lived too
         self.warmed.set()
 
+    async def discover_models(self) -> list[str]:
+        """The models the palette offers: the ones in use, then each ready provider's. Checked
+        (quickly, bounded) when the palette first opens, then kept for a minute."""
+        loop = asyncio.get_running_loop()
+        if self._models_checked is None or loop.time() - self._models_checked > 60:
+            self._models_checked = loop.time()
+            try:
+                statuses = await gather_status()
+            except Exception:  # the palette still takes a typed id
+                log.debug("listing models failed", exc_info=True)
+                statuses = []
+            self._found_models = [f"{s.name}:{m}" for s in statuses if s.configured for m in s.models]
+        return list(dict.fromkeys([p.model_id for p in self.providers] + self._found_models))
+
+    # ------------------------------------------------------------------ palette commands
+    def get_system_commands(self, screen: "Screen") -> Iterable[SystemCommand]:
+        for command in super().get_system_commands(screen):
+            if command.title != "Theme":  # streamchat's themes below hold the token colours too
+                yield command
+        if not isinstance(screen, ChatScreen):
+            return
+        if screen.token_view:
+            yield SystemCommand("Show plain Markdown", "Answers as rendered Markdown (key t)",
+                                screen.action_show_markdown)
+        else:
+            yield SystemCommand("Colour tokens by confidence", "Each token coloured by the model's "
+                                "confidence, or by stage (key t)", screen.action_show_tokens)
+        yield SystemCommand("New conversation", "Stop what streams and start over (ctrl+n)",
+                            screen.action_new_conversation)
+        for name in theme_names():
+            if name != self.palette.name:
+                yield SystemCommand(f"Theme: {name}", "Colours, confidence bands and stage colours",
+                                    lambda name=name: self.set_palette(name), discover=False)
+
+    def switch_model(self, lane: int, model_id: str) -> bool:
+        """Talk to ``model_id`` in ``lane`` from the next prompt on (the lane's conversation goes
+        on). Refused with a notice while that lane streams, or for a bad id."""
+        chat = self.chat
+        if chat.lane_live(lane):
+            self.notify("Stop the answer first (esc), then switch the model.", severity="warning")
+            return False
+        try:
+            provider = create_provider(model_id, timeouts=self.settings.timeouts)
+        except StreamchatError as exc:
+            self.notify(str(exc), title="Model not switched", severity="error")
+            return False
+        old = self.providers[lane]
+        self._retired.append(old)
+        self.providers[lane] = provider
+        self._start_warming(provider)
+        self.reason = None
+        chat.models_changed()
+        self.notify(f"{old.model_id} → {model_id}", title="Model switched", timeout=3)
+        return True
+
+    def set_palette(self, name: str) -> bool:
+        """Switch to streamchat theme ``name`` (built in, or in the config folder)."""
+        try:
+            palette = load_theme(name)
+        except StreamchatError as exc:
+            self.notify(str(exc), title="Theme not changed", severity="error")
+            return False
+        theme = textual_theme(palette)
+        self.register_theme(theme)
+        self.palette = palette
+        self.theme = theme.name
+        self.chat.palette_changed()
+        return True
+
     async def action_quit(self) -> None:
         """Quit; live streams are cancelled first (each keeps its partial answer)."""
         if self.screen_stack:
@@ -132,7 +222,7 @@ class StreamchatApp(App):
     async def on_unmount(self) -> None:
         for future in self._warming.values():
             future.cancel()
-        for provider in self.providers:
+        for provider in [*self.providers, *self._retired]:
             try:
                 await provider.aclose()
             except Exception:

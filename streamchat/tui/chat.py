@@ -204,7 +204,7 @@ class ChatScreen(Screen):
         if app.reason:
             left += Content.from_markup("  ($reason)", reason=app.reason)
         if self.token_view:
-            legend = Content("  tokens: ")
+            legend = Content("  confidence: ")
             for band in app.palette.bands:
                 legend += Content.assemble(("■ ", band.color), (f"{band.label} ", band.color))
             left += legend
@@ -521,6 +521,28 @@ class ChatScreen(Screen):
         self.refresh_bindings()
 
     # ------------------------------------------------------------------ for the app
+    def lane_live(self, lane: int) -> bool:
+        return any(answer.lane == lane for answer, _ in self.live_answers())
+
+    def models_changed(self) -> None:
+        """A lane's model was switched: its stats panel starts afresh under the new name."""
+        for lane, provider in enumerate(self.chat_app.providers):
+            stats = self.lane_stats(lane)
+            if stats.model_id != provider.model_id:
+                stats.model_id = provider.model_id
+                stats.border_title = provider.model_id
+                stats.reset()
+        self.show_status()
+
+    def palette_changed(self) -> None:
+        """The theme changed: token colours and the legend follow it."""
+        palette = self.chat_app.palette
+        for view in self.query(AnswerView):
+            view.palette = palette
+            if view.has_class("-tokens"):
+                view.render_tokens()
+        self.show_status()
+
     def cancel_all(self) -> None:
         for answer, _ in self.live_answers():
             if answer.stream is not None:
