@@ -298,6 +298,23 @@ async def test_two_models_stream_side_by_side_lanes(server):
         assert {r.provider for r in server.requests} == {"openai", "anthropic"}
 
 
+async def test_c_continues_a_cut_lane_while_the_other_still_streams(server):
+    """A lane that dropped can be continued at once; the slow lane is not disturbed."""
+    server.slow_rate, server.slow_tokens = 20, 80
+    app = app_for("openai:slow", "ollama:cutoff")
+    async with app.run_test(size=SIZE) as pilot:
+        await ask(pilot, "compare")
+        slow, cut = answers(app)
+        await until(pilot, lambda: cut.state == "failed", what="the cut lane to fail")
+        assert slow.state == "streaming"
+        await press(pilot, "c")
+        await until(pilot, lambda: cut.state == "done", what="the continued lane")
+        assert cut.text == join_continuation(CUTOFF_FIRST, CUTOFF_CONTINUATION)
+        assert slow.state == "streaming"  # not restarted, not paused
+        await until(pilot, lambda: slow.state == "done", timeout=15, what="the slow lane")
+        assert slow.text == slow_text(server)
+
+
 async def test_ctrl_n_clears_the_conversation(server):
     app = app_for("openai:normal")
     async with app.run_test(size=SIZE) as pilot:

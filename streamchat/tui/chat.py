@@ -191,8 +191,8 @@ class ChatScreen(Screen):
         return bool(live) and all(a.stream is not None and a.stream.state == "paused" for a, _ in live)
 
     def _cut_answers(self) -> list[tuple[Answer, AnswerView]]:
-        turn = self.last_turn
-        if turn is None or turn.live:
+        turn = self.last_turn  # (a lane may be continued while the others still stream)
+        if turn is None:
             return []
         view = self.turn_view(turn)
         return [(a, v) for a, v in zip(turn.answers, view.answers, strict=True) if a.cut_off]
@@ -374,6 +374,8 @@ class ChatScreen(Screen):
         self._live.pop(event.stream_id, None)
         if not self.streaming:
             self._all_done()
+        else:
+            self.refresh_bindings()  # e.g. c for this lane while the others go on
 
     def _all_done(self) -> None:
         turn = self.last_turn
