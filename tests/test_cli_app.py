@@ -1,0 +1,57 @@
+"""Bare ``streamchat``: the full-screen app on a terminal, the plain line chat otherwise — and bad
+input is one line before any window opens."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+
+from conftest import cli_env
+
+STREAMCHAT = [sys.executable, "-m", "streamchat"]
+
+
+def run_in_pty(args: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str]:
+    """Run with stdin, stdout and stderr all on one pseudo-terminal (as a person starts it)."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    received = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        received += data
+    proc.wait(timeout=timeout)
+    os.close(leader)
+    return proc.returncode, received.decode("utf-8", "replace")
+
+
+def test_a_bad_model_on_a_terminal_is_one_line_before_any_window(server, tmp_path):
+    code, shown = run_in_pty([*STREAMCHAT, "-m", "nosuch:model"], cli_env(server, tmp_path))
+    assert code == 2
+    assert shown == ("\x1b[31merror: unknown provider 'nosuch': choose one of anthropic, openai, "
+                     "ollama, local\x1b[0m\r\n"), shown  # one red line; no window was ever drawn
+    assert "Traceback" not in shown
+
+
+def test_piped_bare_streamchat_is_the_plain_chat(server, tmp_path):
+    proc = subprocess.run([*STREAMCHAT, "-m", "openai:echo"], input="hello plain chat\n", text=True,
+                          capture_output=True, env=cli_env(server, tmp_path), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "hello plain chat" in proc.stdout
+    assert "\x1b[" not in proc.stdout  # no full-screen app
+
+
+def test_side_by_side_lanes_need_the_app(server, tmp_path):
+    proc = subprocess.run([*STREAMCHAT, "--plain", "-m", "openai:normal", "-m", "ollama:normal"],
+                          stdin=subprocess.DEVNULL, text=True, capture_output=True,
+                          env=cli_env(server, tmp_path), timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: side-by-side models need the full-screen app (a terminal, without --plain)"]
