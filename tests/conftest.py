@@ -36,7 +36,7 @@ _LOOPBACK = "127.0.0.1,localhost,::1"
 #: WireServer tunables (class attributes) that a test may override on the instance.
 WIRE_TUNABLES = (
     "slow_rate", "slow_tokens", "stall_seconds", "firehose_tokens", "retry_after", "big_tokens",
-    "big_token_size", "piece_delay", "piece_sleep_every", "write_timeout", "idle_timeout",
+    "big_token_size", "piece_delay", "piece_sleep_every", "write_timeout", "idle_timeout", "head_delay",
 )
 
 

@@ -294,6 +294,16 @@ async def test_retries_give_up_after_max_attempts(server, provider_env, monkeypa
     assert "could not connect to ollama" in str(stream.error)
 
 
+async def test_time_to_first_token_counts_the_wait_for_the_response(server, provider_name):
+    """The first token often arrives in the same read as the response head, while the SDK opens
+    the response: its time is still when it arrived, not when the request was sent."""
+    server.head_delay = 0.3
+    stream, _ = make(provider_name, "normal")
+    await stream.run()
+    assert stream.state == "completed"
+    assert 0.3 <= stream.stats().ttft < 5
+
+
 async def test_status_reports_live_figures(server, provider_name):
     stream, _ = make(provider_name, "slow")
     assert stream.status().state == "pending"

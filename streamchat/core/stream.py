@@ -366,7 +366,11 @@ class Stream:
             )
             self._arm_watchdog()
             try:
-                await self._read(await self.provider.open(self.request))
+                opened = await self.provider.open(self.request)
+                # Whatever the SDK read while opening (headers, often the first tokens too) came
+                # in by now: a token taken from that buffer, without a network wait, is timed here.
+                self._last_chunk = self._active_now()
+                await self._read(opened)
                 return
             except StreamchatError as err:
                 self._errors += 1

@@ -892,6 +892,7 @@ class WireServer:
     piece_sleep_every: int = 4  # (at most ~150 real sleeps per body; other writes just yield)
     write_timeout: float = 120.0  # give up on a client that does not read for this long
     idle_timeout: float = 300.0  # close idle keep-alive connections after this long
+    head_delay: float = 0.0  # seconds before a streamed answer's response head (a slow service)
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
@@ -1458,6 +1459,8 @@ class WireServer:
         ]
         if not keep:
             hdrs.append(("Connection", "close"))
+        if self.head_delay:
+            await asyncio.sleep(self.head_delay)
         out.write_head(200, hdrs)
 
         if plan.end == "stall-start":
