@@ -54,3 +54,13 @@ def test_ask_imports_only_the_sdk_it_uses(server, provider, sdk, tmp_path):
     )
     sdks = loaded_after(code, env=env) & {"anthropic", "openai", "ollama", "llama_cpp", "textual"}
     assert sdks == {sdk}
+
+
+def test_history_imports_no_ui_no_cli_no_sdk():
+    """The TUI imports the history store and recorder as they are: no typer/click, nothing heavy."""
+    assert loaded_after(
+        "import streamchat.history, streamchat.history.store, streamchat.history.recorder, "
+        "streamchat.history.render, streamchat.history.stats\n"
+        "import sys\n"
+        "assert not {'typer', 'click'} & set(sys.modules), 'the history imports the CLI framework'"
+    ) == set()

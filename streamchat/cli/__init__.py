@@ -8,6 +8,7 @@ overloaded · 5 timeout · 6 connection failed · 70 internal error · 130 cance
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import typer
@@ -131,19 +132,29 @@ def ask(
     confidence: bool = typer.Option(False, "--confidence", help="Ask for per-token probabilities (logprobs)."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, metavar="N", help="Most tokens in the answer."),
     temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, max=2.0, metavar="T", help="Sampling temperature (0–2)."),
+    no_history: bool = typer.Option(False, "--no-history", help="Do not record this question and answer in the history."),
+    continue_: bool = typer.Option(False, "--continue", "-c", help="Continue the last conversation: its earlier turns are sent as context."),
+    conversation: Optional[int] = typer.Option(None, "--conversation", metavar="ID", help="Continue conversation ID (see 'streamchat history list')."),
+    resume: bool = typer.Option(False, "--resume", help="Instead of a new question: continue the conversation's cut-off, failed or cancelled last answer where it stopped."),
 ) -> None:
     """Ask one question and stream the answer to stdout."""
     from .ask import read_prompt, run_ask
 
-    text = read_prompt(prompt)
-    if text is None:
-        _fail("no prompt: give it as an argument, or pipe it in (echo hi | streamchat ask)", 2)
-    if not text.strip():
-        _fail("the prompt is empty", 2)
+    text: str | None = None
+    if resume:
+        if prompt is not None:
+            _fail("--resume continues the last answer and takes no prompt", 2)
+    else:
+        text = read_prompt(prompt)
+        if text is None:
+            _fail("no prompt: give it as an argument, or pipe it in (echo hi | streamchat ask)", 2)
+        if not text.strip():
+            _fail("the prompt is empty", 2)
     code = _run(lambda: run_ask(
         text, settings=_settings(), model=model, system=system, timeout=timeout, json_mode=json,
         confidence=confidence, max_tokens=max_tokens, temperature=temperature,
-        out=sys.stdout, err=sys.stderr,
+        out=sys.stdout, err=sys.stderr, history=not no_history, continue_last=continue_,
+        conversation=conversation, resume=resume,
     ))
     raise typer.Exit(code)
 
@@ -156,6 +167,110 @@ def models(
     from .models import run_models
 
     raise typer.Exit(_run(lambda: run_models(settings=_settings(), json_mode=json, out=sys.stdout)))
+
+
+@app.command()
+def resume(
+    conversation: Optional[int] = typer.Option(None, "--conversation", metavar="ID", help="The conversation whose last answer to continue (default: the last conversation)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PROVIDER:MODEL", help="Continue with another model (default: the one that wrote the answer)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", "-t", min=0.1, metavar="SECONDS", help="Seconds the rest of the answer may take."),
+    json: bool = typer.Option(False, "--json", help="Write the stream events as NDJSON instead of text."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, metavar="N", help="Most tokens in the answer."),
+) -> None:
+    """Continue the last cut-off, failed or cancelled answer where it stopped (ask --continue --resume)."""
+    from .ask import run_ask
+
+    code = _run(lambda: run_ask(
+        None, settings=_settings(), model=model, system=None, timeout=timeout, json_mode=json,
+        confidence=False, max_tokens=max_tokens, temperature=None, out=sys.stdout, err=sys.stderr,
+        continue_last=True, conversation=conversation, resume=True,
+    ))
+    raise typer.Exit(code)
+
+
+history_app = typer.Typer(
+    name="history",
+    help="The stored conversations: list, show, export, import, delete, search.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(history_app, name="history")
+_ID_HELP = "A conversation id (see 'streamchat history list'), or 'last'."
+
+
+@history_app.command("list")
+def history_list(
+    limit: int = typer.Option(30, "--limit", "-n", min=1, metavar="N", help="Show the N most recent conversations."),
+    json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """The most recently active conversations, with the state of each one's last answer."""
+    from .history import run_list
+
+    raise typer.Exit(_run(lambda: run_list(limit=limit, json_mode=json, out=sys.stdout)))
+
+
+@history_app.command("show")
+def history_show(ident: str = typer.Argument(..., metavar="ID", help=_ID_HELP)) -> None:
+    """A conversation as Markdown; answers that did not end normally are marked."""
+    from .history import run_show
+
+    raise typer.Exit(_run(lambda: run_show(ident, out=sys.stdout)))
+
+
+@history_app.command("export")
+def history_export(
+    ident: str = typer.Argument(..., metavar="ID", help=_ID_HELP),
+    format: str = typer.Option("md", "--format", "-f", metavar="md|json", help="Markdown, or JSON that 'history import' reads back."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write to FILE instead of stdout."),
+) -> None:
+    """Write a conversation out as Markdown or JSON."""
+    from .history import run_export
+
+    raise typer.Exit(_run(lambda: run_export(ident, fmt=format, output=output, out=sys.stdout)))
+
+
+@history_app.command("import")
+def history_import(source: str = typer.Argument(..., metavar="FILE", help="A JSON export ('-' reads stdin).")) -> None:
+    """Add a conversation from a JSON export (as a new conversation)."""
+    from .history import run_import
+
+    raise typer.Exit(_run(lambda: run_import(source, out=sys.stdout)))
+
+
+@history_app.command("delete")
+def history_delete(
+    ident: str = typer.Argument(..., metavar="ID", help=_ID_HELP),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation on a terminal."),
+) -> None:
+    """Delete a conversation and its messages (the per-stream figures for 'stats' stay, without text)."""
+    from .history import run_delete
+
+    raise typer.Exit(_run(lambda: run_delete(ident, yes=yes, out=sys.stdout)))
+
+
+@history_app.command("search")
+def history_search(
+    text: str = typer.Argument(..., metavar="TEXT", help="Text to find (ASCII letters match in any case)."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, metavar="N", help="At most N messages."),
+    json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Messages that contain TEXT, newest first."""
+    from .history import run_search
+
+    raise typer.Exit(_run(lambda: run_search(text, limit=limit, json_mode=json, out=sys.stdout)))
+
+
+@app.command()
+def stats(
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PROVIDER:MODEL", help="Only this model."),
+    bins: int = typer.Option(8, "--bins", min=1, max=40, metavar="N", help="Histogram bins."),
+    json: bool = typer.Option(False, "--json", help="Machine-readable output (with the histogram bins)."),
+) -> None:
+    """Time to first token and tokens/s per model (median, p95, histogram) and error rates, from the history."""
+    from .stats import run_stats
+
+    raise typer.Exit(_run(lambda: run_stats(model=model, json_mode=json, bins=bins, out=sys.stdout)))
 
 
 def main() -> None:
