@@ -10,41 +10,13 @@ from __future__ import annotations
 import json
 from typing import IO, TYPE_CHECKING, Any
 
+from ..history.stats import bars, format_rate as _rate, format_seconds as _seconds
+
 if TYPE_CHECKING:
     from ..history import ModelStats
-    from ..history.stats import Bin, Distribution
+    from ..history.stats import Distribution
 
-__all__ = ["run_stats", "bars"]
-
-BAR_WIDTH = 32
-
-
-def _seconds(value: float) -> str:
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
-
-
-def _rate(value: float) -> str:
-    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
-
-
-def bars(bins: "list[Bin]", fmt: Any, width: int = BAR_WIDTH) -> list[str]:
-    """A histogram as text lines: ``  lo – hi │████▌ n``."""
-    if not bins:
-        return []
-    most = max(b.count for b in bins)
-    labels = [f"{fmt(b.low)} – {fmt(b.high)}" for b in bins]
-    pad = max(len(label) for label in labels)
-    eighths = " ▏▎▍▌▋▊▉"
-    lines = []
-    for label, b in zip(labels, bins):
-        units = b.count / most * width * 8 if most else 0
-        full, part = divmod(round(units), 8)
-        bar = "█" * full + (eighths[part] if part else "")
-        if b.count and not bar:
-            bar = "▏"
-        lines.append(f"  {label:>{pad}} │{bar} {b.count}")
-    return lines
-
+__all__ = ["run_stats"]
 
 def _dist(d: "Distribution | None") -> dict[str, Any] | None:
     if d is None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
-__all__ = ["Distribution", "Bin", "percentile", "histogram"]
+__all__ = ["Bin", "Distribution", "bars", "format_rate", "format_seconds", "histogram", "percentile"]
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -81,3 +81,33 @@ def histogram(values: Iterable[float], bins: int = 8) -> list[Bin]:
                 break
         counts[i] += 1
     return [Bin(edges[i], edges[i + 1], counts[i]) for i in range(bins)]
+
+
+BAR_WIDTH = 32
+
+
+def format_seconds(value: float) -> str:
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def format_rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def bars(bins: list[Bin], fmt: Callable[[float], str], width: int = BAR_WIDTH) -> list[str]:
+    """A histogram as text lines: ``  lo – hi │████▌ n``."""
+    if not bins:
+        return []
+    most = max(b.count for b in bins)
+    labels = [f"{fmt(b.low)} – {fmt(b.high)}" for b in bins]
+    pad = max(len(label) for label in labels)
+    eighths = " ▏▎▍▌▋▊▉"
+    lines = []
+    for label, b in zip(labels, bins):
+        units = b.count / most * width * 8 if most else 0
+        full, part = divmod(round(units), 8)
+        bar = "█" * full + (eighths[part] if part else "")
+        if b.count and not bar:
+            bar = "▏"
+        lines.append(f"  {label:>{pad}} │{bar} {b.count}")
+    return lines
