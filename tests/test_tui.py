@@ -255,7 +255,7 @@ async def test_auth_error_is_shown_inline_and_the_app_goes_on(server):
         view = last_answer(app)
         await until(pilot, lambda: view.state == "failed", what="the error")
         note = str(view.note.render())
-        assert "Check the API key (OPENAI_API_KEY)" in note
+        assert "set a valid API key (OPENAI_API_KEY)" in note
         assert view.text == ""
         await ask(pilot, "again")  # the app still takes prompts
         await until(pilot, lambda: len(answers(app)) == 2 and last_answer(app).state == "failed",

@@ -2,7 +2,7 @@
 so ``streamchat --help`` pays only for typer.
 
 Exit codes: 0 done · 1 provider error · 2 bad input or config · 3 authentication · 4 rate limited or
-overloaded · 5 timeout · 6 connection failed · 70 internal error · 130 cancelled (Ctrl+C).
+overloaded · 5 timeout · 6 connection failed · 7 history database unusable · 70 internal error · 130 cancelled (Ctrl+C).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def _root(
     model: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="PROVIDER:MODEL", help="Model to chat with; repeat it to compare models side by side."),
     system: Optional[str] = typer.Option(None, "--system", "-s", metavar="TEXT", help="System prompt."),
     plain: bool = typer.Option(False, "--plain", help="A plain line-by-line chat instead of the full-screen app (the default when not on a terminal)."),
+    no_history: bool = typer.Option(False, "--no-history", help="Keep no history of this chat."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     version: bool = typer.Option(False, "--version", help="Show the version and exit."),
 ) -> None:
@@ -97,16 +98,19 @@ def _root(
             _fail("side-by-side models need the full-screen app (a terminal, without --plain)", 2)
         from .chat import run_chat
 
-        code = _run(lambda: run_chat(settings=_settings(), model=models[0] if models else None, system=system))
+        code = _run(lambda: run_chat(settings=_settings(), model=models[0] if models else None, system=system,
+                                     history=not no_history))
         raise typer.Exit(code or 0)
-    raise typer.Exit(_run_app(models, system))
+    raise typer.Exit(_run_app(models, system, history=not no_history))
 
 
-def _run_app(models: list[str], system: str | None) -> int:
-    """The full-screen app. Bad settings or model ids fail with one line before any window opens."""
+def _run_app(models: list[str], system: str | None, *, history: bool = True) -> int:
+    """The full-screen app. Bad settings or model ids fail with one line before any window opens;
+    a history that cannot be opened is said in the app, which then keeps none."""
 
     async def prepare():
         from ..config import resolve_model
+        from ..core.errors import StreamchatError
         from ..tui.app import make_app
 
         settings = _settings()
@@ -115,7 +119,15 @@ def _run_app(models: list[str], system: str | None) -> int:
         if not chosen:
             picked, reason = await resolve_model(None, settings)
             chosen = [picked]
-        return make_app(settings, chosen, system, reason=reason)
+        store, problem = None, None
+        if history:
+            from ..history import HistoryStore
+
+            try:
+                store = HistoryStore()
+            except StreamchatError as exc:
+                problem = str(exc)
+        return make_app(settings, chosen, system, reason=reason, store=store, history_problem=problem)
 
     tui = _run(prepare)
     tui.run()

@@ -25,6 +25,7 @@ import os
 import re
 
 __all__ = [
+    "error_of_kind",
     "StreamchatError",
     "ConfigError",
     "ProviderError",
@@ -149,3 +150,15 @@ class StreamTimeoutError(StreamchatError):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "which": self.which}
+
+
+def error_of_kind(kind: str | None, message: str) -> StreamchatError:
+    """An error of the class whose ``kind`` is ``kind`` (as stored in the history or sent in an
+    event), saying ``message``; an unknown kind gives a plain :class:`StreamchatError`."""
+    pending: list[type[StreamchatError]] = [StreamchatError]
+    while pending:
+        cls = pending.pop()
+        if cls.kind == kind:
+            return cls(message)
+        pending.extend(cls.__subclasses__())
+    return StreamchatError(message)

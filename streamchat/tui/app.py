@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from textual.screen import Screen
 
     from ..config import Settings
+    from ..history import HistoryRecorder, HistoryStore
     from ..providers.base import Provider
     from ..theming import Theme
 
@@ -76,6 +77,8 @@ class StreamchatApp(App):
         system: str | None = None,
         reason: str | None = None,
         palette: "Theme",
+        store: "HistoryStore | None" = None,
+        history_problem: str | None = None,
         freeze_gc: bool = True,
     ) -> None:
         super().__init__()
@@ -88,6 +91,11 @@ class StreamchatApp(App):
         #: the streamchat theme (confidence bands, stage colours); its colours are the app theme
         self.palette = palette
         self.bus = EventBus()
+        #: the history (None: not kept — ``--no-history``, or it could not be opened: see
+        #: ``history_problem``); every answer is recorded as it grows
+        self.store = store
+        self.history_problem = history_problem
+        self.recorder: "HistoryRecorder | None" = None
         self.freeze_gc = freeze_gc
         self.warm_status = "warming up…"
         self.warmed = asyncio.Event()
@@ -107,11 +115,21 @@ class StreamchatApp(App):
         return screen
 
     def on_mount(self) -> None:
+        if self.store is not None:
+            from ..history import HistoryRecorder
+
+            self.recorder = HistoryRecorder(self.store).attach(self.bus)
+        # Warm-up begins once the first frame is up: importing an SDK in a thread still holds the
+        # GIL most of the time, and the window comes first.
+        self.call_after_refresh(self._begin_warm_up)
+
+    def _begin_warm_up(self) -> None:
         for provider in self.providers:
-            self._start_warming(provider)
+            if id(provider) not in self._warming:
+                self._start_warming(provider)
         self.run_worker(self._warm(), name="warm", group="warm", exit_on_error=False)
         if self.freeze_gc:
-            self.call_after_refresh(self._freeze_gc)
+            self._freeze_gc()
 
     def _start_warming(self, provider: "Provider") -> None:
         future = asyncio.ensure_future(provider.warm())
@@ -173,6 +191,11 @@ class StreamchatApp(App):
                                 "confidence, or by stage (key t)", screen.action_show_tokens)
         yield SystemCommand("New conversation", "Stop what streams and start over (ctrl+n)",
                             screen.action_new_conversation)
+        if self.store is not None:
+            yield SystemCommand("History", "Reopen a stored conversation, or search them (ctrl+o)",
+                                screen.action_history)
+            yield SystemCommand("Stream statistics", "Time to first token and tokens/s per model, as "
+                                "histograms", screen.action_stats)
         for name in theme_names():
             if name != self.palette.name:
                 yield SystemCommand(f"Theme: {name}", "Colours, confidence bands and stage colours",
@@ -199,6 +222,22 @@ class StreamchatApp(App):
         self.notify(f"{old.model_id} → {model_id}", title="Model switched", timeout=3)
         return True
 
+    def set_lanes(self, models: list[str]) -> bool:
+        """Talk to ``models``, one lane each (a reopened conversation's models). Nothing streams
+        then (the chat stops it first)."""
+        try:
+            providers = [create_provider(m, timeouts=self.settings.timeouts) for m in models]
+        except StreamchatError as exc:
+            self.notify(f"{exc}; the conversation stays with the current models", title="Models not switched",
+                        severity="warning")
+            return False
+        self._retired.extend(self.providers)
+        self.providers[:] = providers
+        for provider in providers:
+            self._start_warming(provider)
+        self.reason = None
+        return True
+
     def set_palette(self, name: str) -> bool:
         """Switch to streamchat theme ``name`` (built in, or in the config folder)."""
         try:
@@ -214,12 +253,33 @@ class StreamchatApp(App):
         return True
 
     async def action_quit(self) -> None:
-        """Quit; live streams are cancelled first (each keeps its partial answer)."""
+        """Quit; live streams are cancelled first (each keeps its partial answer, and the history
+        gets every word of it before the app goes)."""
         if self.screen_stack:
-            self.chat.cancel_all()
+            await self.chat.stop_all(timeout=2.0)
+        await self._close_history()
         self.exit()
 
+    async def _close_history(self) -> None:
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            await recorder.aclose()
+            if recorder.error is not None:
+                log.error("history: %s", recorder.error)
+
+    def history_failed(self, exc: StreamchatError) -> None:
+        """The history cannot be written: say so once, chat on without it."""
+        log.error("history: %s", exc)
+        self.history_problem = str(exc)
+        self.notify(f"{exc}\nThe chat goes on without history.", title="History off", severity="error",
+                    timeout=8)
+        if self.recorder is not None:
+            self.recorder.detach()
+        self.store = None
+        self.recorder = None
+
     async def on_unmount(self) -> None:
+        await self._close_history()  # (ctrl+q closed it already; this is for any other exit)
         for future in self._warming.values():
             future.cancel()
         for provider in [*self.providers, *self._retired]:
@@ -235,13 +295,17 @@ def make_app(
     system: str | None = None,
     *,
     reason: str | None = None,
+    store: "HistoryStore | None" = None,
+    history_problem: str | None = None,
     freeze_gc: bool = True,
 ) -> StreamchatApp:
-    """The app for ``models`` (``provider:model`` ids; two or more are compared side by side).
+    """The app for ``models`` (``provider:model`` ids; two or more are compared side by side),
+    recording into ``store`` (none: no history is kept; ``history_problem`` says why, if it is
+    because the history could not be opened).
 
     Raises :class:`~streamchat.core.errors.ConfigError` for a bad model id or theme, before any
     window opens."""
     providers = [create_provider(model, timeouts=settings.timeouts) for model in models]
     palette = load_theme(settings.theme)
     return StreamchatApp(settings, providers, system=system, reason=reason, palette=palette,
-                         freeze_gc=freeze_gc)
+                         store=store, history_problem=history_problem, freeze_gc=freeze_gc)

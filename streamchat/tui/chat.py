@@ -17,7 +17,9 @@ goes back to the prompt, escape in the prompt comes back to the answer keys).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from textual import on
@@ -40,20 +42,36 @@ from ..core.events import (
     StreamStarted,
     Token,
 )
+from ..core.errors import StreamchatError, error_of_kind
 from ..core.request import ChatRequest
-from ..core.stream import Stream
+from ..core.stream import Stream, continue_stream
 from .conversation import Answer, Conversation, Turn
 from .widgets import AnswerView, LaneStats, StatusBar, TurnView
 
 if TYPE_CHECKING:
+    from ..history import StoredMessage
     from .app import StreamchatApp
 
 __all__ = ["ChatScreen", "FRAME_S"]
 
 log = logging.getLogger("streamchat.tui")
 
-#: the answer views are written at most this often (seconds): ~30 frames a second
+#: the answer views are written at most this often (seconds): ~30 frames a second …
 FRAME_S = 1 / 30
+#: … and at least this often while text arrives: frames are spaced out (up to this) while the app
+#: uses more than CPU_BUDGET of a core — a long answer or a fast stream costs more per second to
+#: show, and a frame that adds a line re-lays and re-renders the whole conversation view
+FRAME_MAX_S = 0.2
+#: the share of one core (the whole app: SDK, stream and rendering) above which frames are spaced out
+CPU_BUDGET = 0.3
+#: the CPU share is measured over at least this long (seconds)
+CPU_WINDOW_S = 0.3
+#: While an answer streams, the garbage collector's full (generation 2) collections are held off
+#: (its third threshold is raised to this): each scans every object the growing answer made —
+#: measured, 32 of them in a 6,000-token answer took 1.6 s in all and up to 100 ms each, keys
+#: waiting. The young generations are still collected; one full collection runs when the last
+#: stream ends, after the final frame is drawn.
+GC_HOLD_THRESHOLD = 1_000_000
 #: the stats panel refreshes this often (seconds)
 STATS_S = 0.25
 
@@ -63,6 +81,24 @@ WELCOME = (
     "c continues a cut-off answer · r regenerates · t shows tokens coloured by confidence · "
     "ctrl+n starts over · ctrl+q quits."
 )
+
+
+#: a stored answer's state → the chat's (a cut-off answer reads as stopped: c continues it)
+STORED_STATES = {"complete": "completed", "cut_off": "cancelled", "cancelled": "cancelled", "failed": "failed",
+                 "streaming": "cancelled"}
+
+
+def _stored_turns(messages: list["StoredMessage"]) -> list[tuple[str, dict[int, "StoredMessage"]]]:
+    """The stored messages as turns: each question with the last answer of each lane (a
+    regenerated answer replaces the earlier one on screen; both stay in the history)."""
+    turns: list[tuple[str, dict[int, StoredMessage]]] = []
+    for message in messages:
+        if message.role == "user":
+            turns.append((message.text, {}))
+        elif message.role == "assistant" and turns:
+            lane = int(message.lane) - 1 if message.lane and message.lane.isdigit() else 0
+            turns[-1][1][lane] = message
+    return turns
 
 
 class ConversationView(VerticalScroll):
@@ -117,6 +153,7 @@ class ChatScreen(Screen):
         Binding("t", "show_markdown", "Markdown"),
         Binding("enter,i", "write", "Ask", key_display="enter"),
         Binding("ctrl+n", "new_conversation", "New chat", priority=True),
+        Binding("ctrl+o", "history", "History"),
     ]
 
     def __init__(self) -> None:
@@ -154,6 +191,9 @@ class ChatScreen(Screen):
         self.set_interval(STATS_S, self._tick_stats, name="stats")
         self.show_status()
         self.query_one("#prompt", Input).focus()
+        if app.history_problem:
+            self.notify(f"{app.history_problem}\nThe chat goes on without history.", title="History off",
+                        severity="error", timeout=8)
 
     def on_unmount(self) -> None:
         if self._subscription is not None:
@@ -225,14 +265,17 @@ class ChatScreen(Screen):
 
     def _new_stream(self, answer: Answer) -> Stream:
         app = self.chat_app
-        lanes = len(app.providers)
         return Stream(
             app.providers[answer.lane],
             answer.request,
             bus=app.bus,
             timeouts=app.settings.timeouts,
-            lane=str(answer.lane + 1) if lanes > 1 else None,
+            lane=self._lane_name(answer.lane),
         )
+
+    def _lane_name(self, lane: int) -> str | None:
+        """Events and the history name lanes "1", "2"… when there are several (None for one)."""
+        return str(lane + 1) if len(self.chat_app.providers) > 1 else None
 
     async def _start(self, answer: Answer, view: AnswerView, stream: Stream, *, fresh: bool) -> None:
         """Make ``stream`` write into ``view`` and run it in a worker."""
@@ -243,8 +286,43 @@ class ChatScreen(Screen):
         self._live[stream.id] = (answer, view)
         await view.begin(stream.id, fresh=fresh)
         self.lane_stats(answer.lane).begin(stream, fresh=fresh)
+        await self._record(answer, stream, fresh=fresh)
         self.run_worker(self._run_stream(answer, view, stream), name=f"stream-{stream.id}",
                         group=f"lane-{answer.lane}", exit_on_error=False)
+
+    async def _record(self, answer: Answer, stream: Stream, *, fresh: bool) -> None:
+        """Have the history record ``stream``: a new answer, or more of the answer it continues."""
+        app = self.chat_app
+        recorder, conversation = app.recorder, self.conversation
+        if recorder is None or conversation is None or conversation.id is None:
+            return
+        if fresh or answer.message is None:
+            answer.message = recorder.track(stream, conversation_id=conversation.id)
+            return
+        message = answer.message
+        if not isinstance(message, int):  # started moments ago: the writer has not said its id yet
+            try:
+                message = await asyncio.wait_for(asyncio.wrap_future(message), 5.0)
+            except (asyncio.TimeoutError, StreamchatError) as exc:
+                log.warning("history: the answer being continued has no id (%s): recorded anew", exc)
+                answer.message = recorder.track(stream, conversation_id=conversation.id)
+                return
+            answer.message = message
+        recorder.track(stream, message_id=message)
+
+    def _record_prompt(self, prompt: str) -> None:
+        """The prompt goes into the history (a new conversation begins with its first prompt)."""
+        app = self.chat_app
+        store, conversation = app.store, self.conversation
+        if store is None or conversation is None:
+            return
+        try:
+            if conversation.id is None:
+                system = app.system if app.system is not None else app.settings.system
+                conversation.id = store.create_conversation(prompt, system=system)
+            store.add_message(conversation.id, "user", prompt)
+        except StreamchatError as exc:
+            app.history_failed(exc)
 
     async def _run_stream(self, answer: Answer, view: AnswerView, stream: Stream) -> None:
         warming = self.chat_app.warming(stream.provider)
@@ -285,6 +363,7 @@ class ChatScreen(Screen):
             request = conversation.request(lane, prompt, self._request_base(lane))
             turn.answers.append(Answer(lane=lane, request=request))
         conversation.turns.append(turn)
+        self._record_prompt(prompt)
         view = TurnView(prompt, [p.model_id for p in app.providers], app.palette)
         self._views[id(turn)] = view
         welcome = self.query("#welcome")
@@ -297,10 +376,39 @@ class ChatScreen(Screen):
         self._streaming_started()
 
     # ------------------------------------------------------------------ the bus → the view
+    #: the frame interval now (seconds; see _consume), for measurements
+    frame_interval: float = FRAME_S
+
     async def _consume(self) -> None:
-        """Render bus events in batches, at most one batch per frame."""
+        """Render bus events in batches, at most one batch per frame.
+
+        The frame interval adapts: FRAME_S (~30 frames/s) while the app is cheap to run; when the
+        app used more than CPU_BUDGET of a core over the last CPU_WINDOW_S, frames are spaced out
+        in proportion, up to FRAME_MAX_S; they speed up again once it is cheaper. The first event
+        after a quiet spell is shown at once, at the fast rate, and so is the end of a stream (a
+        bus handler for the ending events cuts the wait short)."""
         sub = self._subscription
         assert sub is not None
+        loop = asyncio.get_running_loop()
+        interval = FRAME_S
+        window_cpu, window_start = time.process_time(), loop.time()
+        ended = asyncio.Event()
+
+        class EndWatch:  # only these hooks: a token costs the bus nothing for it
+            def on_stream_complete(self, _: object) -> None:
+                ended.set()
+
+            on_stream_error = on_stream_cancel = on_stream_complete
+
+        handle = self.chat_app.bus.register(EndWatch())
+        try:
+            await self._render_loop(sub, ended, interval, window_cpu, window_start)
+        finally:
+            self.chat_app.bus.unregister(handle)
+
+    async def _render_loop(self, sub, ended: asyncio.Event, interval: float, window_cpu: float,
+                           window_start: float) -> None:
+        """The body of :meth:`_consume`: one batch per frame until the subscription ends."""
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -308,15 +416,44 @@ class ChatScreen(Screen):
             except StopAsyncIteration:
                 return
             started = loop.time()
+            if started - window_start > FRAME_MAX_S + CPU_WINDOW_S:  # nothing came for a while
+                interval = FRAME_S
+                window_cpu, window_start = time.process_time(), started
+            ended.clear()  # an end published from now on is in a later batch: it wakes the wait
             batch = [first, *sub.drain()]
             try:
                 await self._apply_batch(batch)
             except Exception:  # a rendering bug must not stop the answers from showing
                 log.exception("rendering %d events failed", len(batch))
             self.frames += 1
-            rest = FRAME_S - (loop.time() - started)
-            if rest > 0:
-                await asyncio.sleep(rest)
+            self._hold_gc(self.streaming)
+            now = loop.time()
+            if now - window_start >= CPU_WINDOW_S:
+                cpu = time.process_time()
+                share = (cpu - window_cpu) / (now - window_start)
+                window_cpu, window_start = cpu, now
+                # proportional: twice the budget → twice the interval (by at most ×2 or ÷2 a window)
+                factor = min(2.0, max(0.5, share / CPU_BUDGET))
+                interval = min(FRAME_MAX_S, max(FRAME_S, interval * factor))
+            self.frame_interval = interval
+            rest = interval - (now - started)
+            if rest > 0 and not ended.is_set():
+                try:
+                    await asyncio.wait_for(ended.wait(), rest)
+                except asyncio.TimeoutError:
+                    pass
+
+    _gc_thresholds: tuple[int, int, int] | None = None  # the collector's thresholds while held
+
+    def _hold_gc(self, hold: bool) -> None:
+        """Hold off full collections while an answer streams (see GC_HOLD_THRESHOLD)."""
+        if hold and self._gc_thresholds is None:
+            self._gc_thresholds = gc.get_threshold()
+            gc.set_threshold(*self._gc_thresholds[:2], GC_HOLD_THRESHOLD)
+        elif not hold and self._gc_thresholds is not None:
+            gc.set_threshold(*self._gc_thresholds)
+            self._gc_thresholds = None
+            self.call_after_refresh(gc.collect)
 
     async def _apply_batch(self, batch: list[Event]) -> None:
         touched: dict[int, AnswerView] = {}
@@ -473,6 +610,11 @@ class ChatScreen(Screen):
             if previous is not None and answer.text.strip():
                 stream = previous.continuation(bus=self.chat_app.bus)
                 await self._start(answer, view, stream, fresh=False)
+            elif answer.text.strip():  # reopened from the history: no stream of this run wrote it
+                app = self.chat_app
+                stream = continue_stream(app.providers[answer.lane], answer.request, answer.text, bus=app.bus,
+                                         timeouts=app.settings.timeouts, lane=self._lane_name(answer.lane))
+                await self._start(answer, view, stream, fresh=False)
             else:
                 await self._start(answer, view, self._new_stream(answer), fresh=True)
         self._streaming_started()
@@ -543,6 +685,109 @@ class ChatScreen(Screen):
             view.palette = palette
             if view.has_class("-tokens"):
                 view.render_tokens()
+        self.show_status()
+
+    async def stop_all(self, timeout: float) -> None:
+        """Cancel every live stream and wait (at most ``timeout``) until each has ended, so that its
+        partial answer is complete in the history."""
+        self.cancel_all()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.streaming and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+
+    # ------------------------------------------------------------------ history
+    def action_history(self) -> None:
+        app = self.chat_app
+        if app.store is None:
+            why = app.history_problem or "streamchat was started with --no-history"
+            self.notify(f"No history: {why}.", severity="warning")
+            return
+        from .history import HistoryScreen
+
+        def chosen(conversation_id: int | None) -> None:
+            if conversation_id is not None:
+                self.run_worker(self.open_conversation(conversation_id), group="open", exclusive=True,
+                                exit_on_error=False)
+
+        app.push_screen(HistoryScreen(app.store), chosen)
+
+    def action_stats(self) -> None:
+        app = self.chat_app
+        if app.store is None:
+            self.notify("No history, so no statistics.", severity="warning")
+            return
+        from .history import StatsScreen
+
+        app.push_screen(StatsScreen(app.store))
+
+    async def open_conversation(self, conversation_id: int) -> None:
+        """Show a stored conversation and go on with it: the lanes take the models its answers
+        came from; a cut-off or failed last answer can be continued with ``c``."""
+        app = self.chat_app
+        store = app.store
+        if store is None:
+            return
+        try:
+            stored = store.conversation(conversation_id)
+            messages = store.messages(conversation_id)
+        except StreamchatError as exc:
+            self.notify(str(exc), title="Cannot open it", severity="error")
+            return
+        turns = _stored_turns(messages)
+        lanes = max((max(answers) + 1 for _, answers in turns if answers), default=len(app.providers))
+        models = []  # each lane's most recent model
+        for lane in range(lanes):
+            model = next((a[lane].model_id for _, a in reversed(turns) if lane in a and a[lane].model_id), None)
+            models.append(model or app.providers[min(lane, len(app.providers) - 1)].model_id)
+        await self.action_new_conversation()
+        if models != [p.model_id for p in app.providers]:
+            if app.set_lanes(models):
+                await self._rebuild_lanes()
+            elif lanes != len(app.providers):
+                return
+        conversation = self.conversation
+        assert conversation is not None
+        conversation.id = stored.id
+        app.system = stored.system
+        welcome = self.query("#welcome")
+        if welcome:
+            await welcome.remove()
+        for prompt, answers in turns:
+            turn = Turn(prompt)
+            for lane in range(lanes):
+                request = conversation.request(lane, prompt, self._request_base(lane))
+                message = answers.get(lane)
+                answer = Answer(lane=lane, request=request)
+                if message is not None:
+                    answer.text, answer.message = message.text, message.id
+                    answer.finish_reason = message.finish_reason
+                    answer.state = STORED_STATES.get(message.state, "cancelled")
+                    if answer.state == "failed":
+                        answer.error = error_of_kind(message.error_kind, message.error_message or "it failed")
+                turn.answers.append(answer)
+            conversation.turns.append(turn)
+            names = [answers[lane].model_id or "?" if lane in answers else "–" for lane in range(lanes)]
+            view = TurnView(prompt, names, app.palette)
+            self._views[id(turn)] = view
+            await self.scroller.mount(view)
+            for answer, answer_view in zip(turn.answers, view.answers, strict=True):
+                provider = app.providers[answer.lane]
+                await answer_view.finish(answer.state, answer.text, answer.error, key_env=provider.key_env,
+                                         at_limit=answer.at_limit)
+        self.scroller.scroll_end(animate=False)
+        self.show_status()
+        if self._cut_answers():
+            self.scroller.focus()
+        self.refresh_bindings()
+        self.notify(f"{stored.title}", title=f"Conversation {stored.id} reopened", timeout=3)
+
+    async def _rebuild_lanes(self) -> None:
+        """One stats panel per lane again (the number of lanes changed with the models)."""
+        app = self.chat_app
+        row = self.query_one("#lanes-stats", Horizontal)
+        await row.remove_children()
+        await row.mount_all([LaneStats(p.model_id, id=f"stats-{i}") for i, p in enumerate(app.providers)])
+        self.conversation = Conversation(len(app.providers))
         self.show_status()
 
     def cancel_all(self) -> None:

@@ -43,7 +43,7 @@ class ModelCommands(Provider):
                 if model_id != provider.model_id:
                     commands.append((
                         f"Model: {where}→ {model_id}",
-                        f"{where or 'the chat '}now talks to {provider.model_id}; the next prompt goes to {model_id}",
+                        f"now {provider.model_id}",
                         lambda lane=lane, model_id=model_id: app.switch_model(lane, model_id),
                     ))
         return commands

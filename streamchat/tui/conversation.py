@@ -7,6 +7,7 @@ arrived of it; a turn whose answer is empty is left out, so roles keep alternati
 
 from __future__ import annotations
 
+import concurrent.futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,8 @@ class Answer:
     state: str = "pending"  # pending | active | paused | completed | cancelled | failed
     error: "StreamchatError | None" = None
     finish_reason: str | None = None
+    #: the answer's message in the history: its id, or a future of it while the recorder starts it
+    message: "int | concurrent.futures.Future[int] | None" = None
 
     @property
     def live(self) -> bool:
@@ -70,6 +73,8 @@ class Conversation:
     def __init__(self, lanes: int) -> None:
         self.lanes = lanes
         self.turns: list[Turn] = []
+        #: its id in the history (None until its first prompt is recorded, or without history)
+        self.id: int | None = None
 
     @property
     def last(self) -> Turn | None:
@@ -93,3 +98,4 @@ class Conversation:
 
     def clear(self) -> None:
         self.turns.clear()
+        self.id = None

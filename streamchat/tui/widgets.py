@@ -13,6 +13,7 @@ Widgets only render; the screen drives them from bus events (they never talk to 
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -20,7 +21,9 @@ from typing import TYPE_CHECKING
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
+from textual.visual import visualize
 from textual.widgets import Markdown, Sparkline, Static
+from textual.widgets.markdown import MarkdownBlock
 
 from ..core.errors import (
     AuthenticationError,
@@ -29,7 +32,6 @@ from ..core.errors import (
     OverloadedError,
     RateLimitedError,
     StreamchatError,
-    StreamTimeoutError,
 )
 from ..core.events import Token
 from ..core.text import neutralise as _neutralise
@@ -55,11 +57,21 @@ STATES: dict[str, tuple[str, str]] = {
     "idle": ("idle", "$text-muted"),
 }
 
-#: Above this size the finishing full re-parse of an answer is skipped when the streamed text is
-#: already exact (re-mounting every block of a huge answer costs more than it could fix).
-FULL_UPDATE_LIMIT = 200_000
 #: the coloured token view is re-rendered at most this often while streaming (seconds)
 TOKEN_VIEW_INTERVAL = 0.1
+#: While streaming, a new Markdown widget is started once the live one holds this many blocks: a
+#: frame that adds a line then re-arranges a short Markdown widget, not the whole answer. The
+#: widgets stay when the answer is done: each starts where nothing can go on from before (see
+#: ``AnswerView._split_at``), so each parses on its own as the whole would (reference-style link
+#: definitions aside).
+CHUNK_BLOCKS = 12
+#: a block that may go on after a blank line (a list, a quote, anything indented, a table, HTML):
+#: never split after one
+_NOT_SPLITTABLE = re.compile(r"[-*+](\s|$)|\d{1,9}[.)](\s|$)|>|\s|<|.*\|")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$", re.MULTILINE)
+#: the top-level blocks (markdown-it token types) that Textual's Markdown shows as widgets
+_BLOCK_TOKENS = frozenset({"heading_open", "paragraph_open", "blockquote_open", "bullet_list_open",
+                           "ordered_list_open", "table_open", "fence", "code_block", "hr"})
 
 def neutralise(text: str) -> str:
     """A model must not drive the terminal (see ``core.text``); CRs are dropped in a widget."""
@@ -74,24 +86,76 @@ def state_content(state: str, detail: str = "") -> Content:
 
 
 def error_hint(error: StreamchatError | None, has_partial: bool, key_env: str | None = None) -> str:
-    """What to do next after ``error`` (one line)."""
-    keep = "c continues the partial answer · r starts again" if has_partial else "r tries again"
+    """What to do next after ``error``, as keys (one line; the error itself says what happened)."""
+    keys = "c continues the partial answer · r starts again" if has_partial else "r tries again"
     if isinstance(error, AuthenticationError):
         where = f" ({key_env})" if key_env else ""
-        return f"Check the API key{where}: start streamchat again with a valid one."
-    if isinstance(error, RateLimitedError):
-        return f"The provider is rate-limiting: wait a little, then {keep}."
-    if isinstance(error, OverloadedError):
-        return f"The provider is overloaded: wait a little, then {keep}."
-    if isinstance(error, StreamTimeoutError):
-        return f"The provider was too slow: {keep}."
-    if isinstance(error, ConnectionLostError):
-        if has_partial:
-            return f"The connection dropped: {keep}."
-        return "Could not reach the provider: check the network or the endpoint, then r tries again."
+        return f"→ set a valid API key{where} and start streamchat again · ctrl+p switches the model"
     if isinstance(error, BadRequestError):
-        return "The request was refused: check the model name (-m PROVIDER:MODEL) and options."
-    return f"{keep[0].upper()}{keep[1:]}."
+        return "→ check the model name and options · ctrl+p switches the model"
+    if isinstance(error, ConnectionLostError) and not has_partial:
+        return "→ check the network or the endpoint · r tries again · ctrl+p switches the model"
+    if isinstance(error, (RateLimitedError, OverloadedError)):
+        return f"→ wait a little, then {keys}"
+    return f"→ {keys}"
+
+
+def _in_fence(text: str) -> bool:
+    """Whether ``text`` ends inside a fenced code block."""
+    fence = ""
+    for match in _FENCE.finditer(text):
+        marker, rest = match.groups()
+        if not fence:
+            fence = marker
+        elif marker[0] == fence[0] and len(marker) >= len(fence) and not rest.strip():
+            fence = ""
+    return bool(fence)
+
+
+def _shows_exactly(markdown: Markdown) -> bool:
+    """Whether the blocks ``markdown`` shows are those one full parse of its source gives.
+
+    A streamed Markdown widget re-parses only its last block as text arrives; rarely, a later line
+    changes how earlier lines parse (a list that goes on after a blank line…). Same top-level
+    blocks over the same lines means the same view: each block was parsed whole, as the last one,
+    before the next began."""
+    from markdown_it import MarkdownIt  # (Textual's own parser, as Markdown uses it by default)
+
+    tokens = MarkdownIt("gfm-like").parse(markdown.source)
+    want = [(t.type, tuple(t.map)) for t in tokens if t.level == 0 and t.map is not None]
+    if any(kind not in _BLOCK_TOKENS for kind, _ in want):
+        return False
+    have = [(b.name, tuple(b.source_range)) for b in markdown.children if isinstance(b, MarkdownBlock)]
+    return have == want
+
+
+class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,valid-type]
+    """A Markdown paragraph that, when its text changes but its height does not (most frames of a
+    streaming answer: words are added to the last line), is only repainted — no layout.
+
+    Textual's ``Static.update`` asks for a layout of the whole screen on every change; a layout
+    re-arranges the widgets of the conversation and re-renders what moved, which made each frame
+    cost as much as one that adds a line."""
+
+    _height_at: tuple[int, int] = (-1, -1)  # (content width, height) of the text shown
+
+    def set_content(self, content: Content) -> None:
+        self._content = content
+        width = self.content_size.width if self.is_mounted else 0
+        if width <= 0:
+            self._height_at = (-1, -1)
+            self.update(content)
+            return
+        height = visualize(self, content, markup=False).get_height(self.styles, width)
+        same = self._height_at == (width, height) and self.content_size.height == height
+        self._height_at = (width, height)
+        self.update(content, layout=not same)
+
+
+class AnswerMarkdown(Markdown):
+    """The answer's Markdown: paragraphs that grow in place are repainted without a layout."""
+
+    BLOCKS = {**Markdown.BLOCKS, "paragraph_open": _StreamParagraph}
 
 
 class AnswerView(Vertical):
@@ -145,7 +209,7 @@ class AnswerView(Vertical):
         self.model_id = model_id
         self.lane = lane
         self.palette = theme
-        self.markdown = Markdown("", classes="answer--md")
+        self.markdown = AnswerMarkdown("", classes="answer--md")
         self.tokens_view = Static("", classes="answer--tokens", markup=False)
         self.header = Static(classes="answer--header")
         self.note = Static("", classes="answer--note", markup=False)
@@ -153,6 +217,9 @@ class AnswerView(Vertical):
         self.stream_id: str | None = None
         self._md_stream: "MarkdownStream | None" = None
         self._pending: list[str] = []
+        #: more Markdown widgets after ``markdown`` while streaming (see CHUNK_BLOCKS)
+        self._chunks: list[Markdown] = []
+        self._live_text = ""  # what was written to the last Markdown widget (the live one)
         #: every piece of text as it arrived: (text, confidence, stage) — for the token view
         self.pieces: list[tuple[str, float | None, str | None]] = []
         self._tokens_rendered_at = 0.0
@@ -170,26 +237,35 @@ class AnswerView(Vertical):
     # -- driven by the screen ---------------------------------------------------------------
     @property
     def text(self) -> str:
-        """What the Markdown view holds."""
+        """What the Markdown view holds (``markdown`` and, for a long answer, the chunks after it)."""
+        if self._chunks:
+            return self.markdown.source + "".join(chunk.source for chunk in self._chunks)
         return self.markdown.source
+
+    @property
+    def _live_markdown(self) -> Markdown:
+        return self._chunks[-1] if self._chunks else self.markdown
 
     def set_state(self, state: str, detail: str = "") -> None:
         self.state = state
         header = Content.from_markup("[b]$model[/b]  ", model=self.model_id) + state_content(state, detail)
-        self.header.update(header)
+        self.header.update(header, layout=False)  # one line, full width: its size never changes
 
     async def begin(self, stream_id: str, *, fresh: bool) -> None:
         """A stream starts writing here: a new answer (``fresh``) or a continuation of this one."""
         await self.stop_streaming()
         if fresh:
             self.pieces.clear()
+            await self._drop_chunks()
             await self.markdown.update("")
             self.tokens_view.update("")
         self.stream_id = stream_id
         self._pending.clear()
         self.remove_class("-cut", "-failed")
         self.note.update("")
-        self._md_stream = Markdown.get_stream(self.markdown)
+        live = self._live_markdown
+        self._live_text = live.source
+        self._md_stream = Markdown.get_stream(live)
         self.set_state("waiting")
 
     def take(self, token: Token) -> None:
@@ -203,11 +279,59 @@ class AnswerView(Vertical):
         if self._pending and self._md_stream is not None:
             text = "".join(self._pending)
             self._pending.clear()
-            await self._md_stream.write(text)
+            split = self._split_at(text)
+            if split is None:
+                self._live_text += text
+                await self._md_stream.write(text)
+            else:
+                await self._md_stream.write(text[:split])
+                await self._next_chunk()
+                self._live_text = text[split:]
+                await self._md_stream.write(text[split:])
         if self._tokens_dirty and self.has_class("-tokens"):
             now = time.monotonic()
             if now - self._tokens_rendered_at >= TOKEN_VIEW_INTERVAL:
                 self.render_tokens()
+
+    def _split_at(self, text: str) -> int | None:
+        """Where ``text`` may start a new Markdown widget: after a blank line that ends a
+        flush-left paragraph or heading (nothing can continue those) and before a flush-left
+        block, outside a code fence, once the live widget holds CHUNK_BLOCKS blocks; else None."""
+        if "\n\n" not in text:
+            return None
+        live = self._live_text
+        if live.count("\n\n") + text.count("\n\n") < CHUNK_BLOCKS:
+            return None
+        whole = live + text
+        at = whole.rfind("\n\n")
+        while at >= len(live) - 1:
+            end = at + 2
+            while end < len(whole) and whole[end] == "\n":
+                end += 1
+            if end < len(whole) and whole[end] not in " \t":  # the next block has begun (flush left)
+                start = whole.rfind("\n\n", 0, at)
+                start = 0 if start < 0 else start + 2
+                block = whole[start:at].lstrip("\n")
+                if block and not _NOT_SPLITTABLE.match(block) and not _in_fence(whole[:at]):
+                    return end - len(live)
+            at = whole.rfind("\n\n", 0, at)
+        return None
+
+    async def _next_chunk(self) -> None:
+        """Go on writing into a new Markdown widget after the live one."""
+        if self._md_stream is not None:
+            await self._md_stream.stop()
+        live = self._live_markdown
+        chunk = AnswerMarkdown("", classes="answer--md")
+        await self.mount(chunk, after=live)
+        self._chunks.append(chunk)
+        self._md_stream = Markdown.get_stream(chunk)
+
+    async def _drop_chunks(self) -> None:
+        chunks, self._chunks = self._chunks, []
+        self._live_text = ""
+        if chunks:
+            await self.remove_children(chunks)
 
     async def stop_streaming(self) -> None:
         md_stream, self._md_stream = self._md_stream, None
@@ -222,8 +346,18 @@ class AnswerView(Vertical):
         """The stream ended: make the view hold exactly ``text`` and say how it ended."""
         await self.stop_streaming()
         text = neutralise(text)
-        if self.markdown.source != text or len(text) <= FULL_UPDATE_LIMIT:
-            await self.markdown.update(text)  # one full parse at the end (exact, and the true text)
+        if self.text != text:  # (e.g. a continuation joined with overlap): one full parse
+            with self.app.batch_update():
+                await self.markdown.update(text)
+                await self._drop_chunks()
+        else:
+            # What streamed in is the answer: a Markdown widget is parsed again (its blocks
+            # re-mounted) only if a full parse of it differs from what it shows — which the
+            # chunks allow: each starts a block of its own (see _split_at). Re-mounting every
+            # block of a long answer took most of a second, with keys waiting.
+            for markdown in (self.markdown, *self._chunks):
+                if not _shows_exactly(markdown):
+                    await markdown.update(markdown.source)
         if "".join(p[0] for p in self.pieces) != text:  # e.g. a continuation joined with overlap
             self._reconcile_pieces(text)
         if self.has_class("-tokens"):
@@ -412,7 +546,7 @@ class LaneStats(Vertical):
         self._last = None
         self._carry = (0, 0.0)
         self.sparkline.data = []
-        self.figures.update("no answer yet")
+        self.figures.update("no answer yet", layout=False)
         self.set_state("idle")
 
     def sparkline_data(self) -> list[float]:
@@ -443,7 +577,7 @@ class LaneStats(Vertical):
             parts.append(f"{stats.retries} retr{'y' if stats.retries == 1 else 'ies'}")
         if self._carry[0]:
             parts.append("continued")
-        self.figures.update(" · ".join(parts))
+        self.figures.update(" · ".join(parts), layout=False)  # one line, full width: no layout
 
 
 class StatusBar(Horizontal):
