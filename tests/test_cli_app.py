@@ -7,6 +7,7 @@ import os
 import pty
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import cli_env
 
@@ -46,6 +47,14 @@ def test_piped_bare_streamchat_is_the_plain_chat(server, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "hello plain chat" in proc.stdout
     assert "\x1b[" not in proc.stdout  # no full-screen app
+    # recorded like any other chat
+    from streamchat.history import HistoryStore
+
+    env = cli_env(server, tmp_path)
+    with HistoryStore(Path(env["STREAMCHAT_HOME"]) / "history.db") as store:
+        (conversation,) = store.conversations()
+        assert [(m.role, m.text, m.state) for m in store.messages(conversation.id)] == [
+            ("user", "hello plain chat", "complete"), ("assistant", "hello plain chat", "complete")]
 
 
 def test_side_by_side_lanes_need_the_app(server, tmp_path):

@@ -2,6 +2,9 @@
 
 Enter sends; Ctrl+C stops the answer being streamed (the partial stays in the conversation);
 Ctrl+C at the prompt or Ctrl+D quits. ``/continue`` goes on with a cut-off answer.
+
+The conversation is recorded in the history as it goes (as ``ask`` and the app do), unless
+``history`` is False; a history that cannot be opened is one warning, and the chat goes on.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import IO
 
 from ..config import Settings, resolve_model
 from ..core.bus import EventBus
+from ..core.errors import StreamchatError
 from ..core.request import ChatRequest, Message
 from ..core.stream import Stream, continue_stream
 from ..providers import create_provider
@@ -40,7 +44,7 @@ def _read_line(loop: asyncio.AbstractEventLoop, prompt: str) -> asyncio.Future:
     return future
 
 
-async def run_chat(*, settings: Settings, model: str | None, system: str | None,
+async def run_chat(*, settings: Settings, model: str | None, system: str | None, history: bool = True,
                    out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
     loop = asyncio.get_running_loop()
     model_id, reason = await resolve_model(model, settings)
@@ -56,6 +60,12 @@ async def run_chat(*, settings: Settings, model: str | None, system: str | None,
         from ..theming import load_theme
 
         theme = load_theme(settings.theme)
+    system = system if system is not None else settings.system
+    store, recorder = _open_history(err) if history else (None, None)
+    if recorder is not None:
+        recorder.attach(bus)
+    conversation_id: int | None = None
+    answer_id = None  # the last answer's message in the history (an id, or a future of it)
     conversation: list[Message] = []
     last: tuple[ChatRequest, Stream] | None = None
     current: Stream | None = None
@@ -89,6 +99,10 @@ async def run_chat(*, settings: Settings, model: str | None, system: str | None,
                 if conversation and conversation[-1].role == "assistant":
                     conversation.pop()
                 current = continue_stream(provider, request, previous.text, bus=bus, timeouts=settings.timeouts)
+                if recorder is not None and answer_id is not None:
+                    if not isinstance(answer_id, int):
+                        answer_id = await asyncio.wrap_future(answer_id)
+                    recorder.track(current, message_id=answer_id)
                 printer = TextPrinter(out, sanitise=terminal, theme=theme)
                 printer.at_line_start = False
                 out.write(previous.text)  # show the whole answer again, then its continuation
@@ -96,11 +110,21 @@ async def run_chat(*, settings: Settings, model: str | None, system: str | None,
                 conversation.append(Message("user", line))
                 request = ChatRequest(
                     messages=tuple(conversation),
-                    system=system if system is not None else settings.system,
+                    system=system,
                     max_tokens=settings.max_tokens,
                     confidence=settings.confidence,
                 )
                 current = Stream(provider, request, bus=bus, timeouts=settings.timeouts)
+                if store is not None and recorder is not None:
+                    try:
+                        if conversation_id is None:
+                            conversation_id = store.create_conversation(line, system=system)
+                        store.add_message(conversation_id, "user", line)
+                        answer_id = recorder.track(current, conversation_id=conversation_id)
+                    except StreamchatError as exc:
+                        err.write(f"warning: no history from here on: {exc}\n")
+                        recorder.detach()
+                        store = recorder = None
                 printer = TextPrinter(out, sanitise=terminal, theme=theme)
             handle = bus.register(printer, stream_id=current.id)
             try:
@@ -125,3 +149,21 @@ async def run_chat(*, settings: Settings, model: str | None, system: str | None,
             pass
         warm.cancel()
         await provider.aclose()
+        if recorder is not None:
+            await recorder.aclose()
+            if recorder.error is not None:
+                err.write(f"warning: the last answer may be missing from the history: {recorder.error}\n")
+        if store is not None:
+            store.close()
+
+
+def _open_history(err: IO[str]):
+    """``(store, recorder)``, or ``(None, None)`` with a warning when the history cannot be used."""
+    from ..history import HistoryRecorder, HistoryStore
+
+    try:
+        store = HistoryStore()
+    except StreamchatError as exc:
+        err.write(f"warning: no history for this chat: {exc}\n")
+        return None, None
+    return store, HistoryRecorder(store)
