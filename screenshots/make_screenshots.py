@@ -1,16 +1,25 @@
-"""Regenerate the SVGs in screenshots/ from what streamchat itself writes to a terminal.
+"""Regenerate the SVGs in screenshots/ from what streamchat itself draws.
 
-    .venv/bin/python screenshots/make_screenshots.py
+    .venv/bin/python screenshots/make_screenshots.py          # all of them
+    .venv/bin/python screenshots/make_screenshots.py tui      # only the app's (or: cli)
 
-Each shot runs the real ``streamchat`` command on a pseudo-terminal (so it behaves exactly as for a
-person), against the loopback wire server or the embedded model, and records the bytes the terminal
-received as an SVG (Rich's terminal rendering). Deterministic where the source is (the wire server).
+* ``ask-*.svg``: each shot runs the real ``streamchat`` command on a pseudo-terminal (so it behaves
+  exactly as for a person), against the loopback wire server or the embedded model, and records
+  the bytes the terminal received as an SVG (Rich's terminal rendering).
+* ``tui-*.svg``: the full-screen app, driven into each of its main states by
+  ``streamchat/testing/scenes.py`` (the same scenes as the snapshot tests) against the wire server;
+  the app saves its own screen (``app.save_screenshot``). Unlike the snapshots, the stats panel
+  keeps its real figures (tok/s, first token, elapsed), so these change a little from run to run.
+
+Deterministic where the source is (the wire server).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -35,7 +44,7 @@ def shot(name: str, title: str, command: str, output: str, width: int = 100) -> 
     print(f"wrote screenshots/{name}.svg")
 
 
-def main() -> None:
+def cli_shots() -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OPENAI_", "OLLAMA_", "STREAMCHAT_"))}
     base["STREAMCHAT_HOME"] = str(HERE / ".home")
     cli = [sys.executable, "-m", "streamchat"]
@@ -54,5 +63,31 @@ def main() -> None:
          "streamchat ask --confidence 'Write a haiku about the sea.'", out)
 
 
+async def tui_shots() -> None:
+    """One SVG per scene, saved by the app itself once the scene's state is reached."""
+    from streamchat.testing.scenes import SCENES, wire_environment
+
+    with WireServer() as server:
+        for scene in SCENES.values():  # each in a fresh STREAMCHAT_HOME (a history of its own)
+            with tempfile.TemporaryDirectory() as home, wire_environment(server, Path(home)), \
+                    scene.tuned(server):
+                app = scene.app()
+                async with app.run_test(size=scene.size) as pilot:
+                    await scene.reach(pilot)
+                    app.title = f"streamchat: {scene.title}"  # the SVG's window title
+                    app.save_screenshot(f"tui-{scene.name}.svg", str(HERE))
+            print(f"wrote screenshots/tui-{scene.name}.svg")
+
+
+def main(which: list[str]) -> None:
+    unknown = set(which) - {"cli", "tui"}
+    if unknown:
+        sys.exit(f"usage: make_screenshots.py [cli] [tui]  (not {', '.join(sorted(unknown))})")
+    if not which or "cli" in which:
+        cli_shots()
+    if not which or "tui" in which:
+        asyncio.run(tui_shots())
+
+
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
