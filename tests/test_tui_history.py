@@ -93,7 +93,8 @@ async def test_a_reopened_cut_off_answer_continues_with_c(server, store):
         assert app.providers[0].model_id == "ollama:cutoff"
         view = last_answer(app)
         assert view.text == CUTOFF_FIRST and view.has_class("-cut")
-        assert chat(app).focused is chat(app).scroller  # c works at once
+        # reopened, focus goes to the answer, so that c works at once
+        await until(pilot, lambda: chat(app).focused is chat(app).scroller, what="the answer keys")
         await press(pilot, "c")
         await until(pilot, lambda: view.state == "done", what="the continued answer")
         joined = join_continuation(CUTOFF_FIRST, CUTOFF_CONTINUATION)
