@@ -56,8 +56,9 @@ async def ask(pilot, text: str) -> None:
         await until(pilot, lambda: screen.focused is prompt, what="the prompt to take focus")
     turns = len(screen.query(TurnView))
     await press(pilot, *["space" if ch == " " else ch for ch in text], "enter")
-    await until(pilot, lambda: len(screen.query(TurnView)) > turns and screen.focused is not prompt,
-                what="the prompt to be sent")
+    # sent: a new turn, and focus left the prompt — or already came back, the answer being done
+    await until(pilot, lambda: len(screen.query(TurnView)) > turns
+                and (screen.focused is not prompt or not screen.last_turn.live), what="the prompt to be sent")
 
 
 def chat(app) -> ChatScreen:
