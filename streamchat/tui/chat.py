@@ -69,9 +69,11 @@ CPU_WINDOW_S = 0.3
 #: While an answer streams, the garbage collector's full (generation 2) collections are held off
 #: (its third threshold is raised to this): each scans every object the growing answer made —
 #: measured, 32 of them in a 6,000-token answer took 1.6 s in all and up to 100 ms each, keys
-#: waiting. The young generations are still collected; one full collection runs when the last
-#: stream ends, after the final frame is drawn.
+#: waiting. The young generations are still collected; one full collection runs GC_AFTER_S after
+#: the last stream ended (if none streams then): it holds the interpreter for up to a few hundred
+#: ms, which must not delay the final frame.
 GC_HOLD_THRESHOLD = 1_000_000
+GC_AFTER_S = 1.0
 #: the stats panel refreshes this often (seconds)
 STATS_S = 0.25
 
@@ -136,6 +138,14 @@ class ConversationView(VerticalScroll):
 
     def watch_virtual_size(self) -> None:
         self._check_follow()
+
+    def watch_has_focus(self, _has_focus: bool) -> None:
+        """Restyle only this container on focus changes (its ``:focus`` tint); Textual's default
+        restyles every descendant — with a long answer on screen, thousands of widgets, which took
+        most of a second whenever an answer started or ended. The children are repainted."""
+        self.app.stylesheet.update_nodes([self], animate=True)
+        for widget in self.walk_children():
+            widget.refresh()
 
 
 class ChatScreen(Screen):
@@ -453,7 +463,7 @@ class ChatScreen(Screen):
         elif not hold and self._gc_thresholds is not None:
             gc.set_threshold(*self._gc_thresholds)
             self._gc_thresholds = None
-            self.call_after_refresh(gc.collect)
+            self.set_timer(GC_AFTER_S, lambda: None if self.streaming else gc.collect())
 
     async def _apply_batch(self, batch: list[Event]) -> None:
         touched: dict[int, AnswerView] = {}
