@@ -780,6 +780,8 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     t_start = time.perf_counter()
+    # killed (SIGTERM): still close the app processes — one whose terminal is gone can spin on it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bench = Bench(quick, args.profile)
     bench.no_history = args.no_history
     results["environment"]["app_args"] = "--no-history" if args.no_history else ""

@@ -56,9 +56,16 @@ async def ask(pilot, text: str) -> None:
         await until(pilot, lambda: screen.focused is prompt, what="the prompt to take focus")
     turns = len(screen.query(TurnView))
     await press(pilot, *["space" if ch == " " else ch for ch in text], "enter")
-    # sent: a new turn, and focus left the prompt — or already came back, the answer being done
-    await until(pilot, lambda: len(screen.query(TurnView)) > turns
-                and (screen.focused is not prompt or not screen.last_turn.live), what="the prompt to be sent")
+    def sent() -> bool:
+        """A new turn is shown, every lane's stream started, and focus left the prompt — or came
+        back already, a fast answer being done."""
+        views = screen.query(TurnView)
+        turn = screen.last_turn
+        return (len(views) > turns and turn is not None and all(a.stream is not None for a in turn.answers)
+                and len(views.last().answers) == len(turn.answers)
+                and (screen.focused is not prompt or not turn.live))
+
+    await until(pilot, sent, what="the prompt to be sent")
 
 
 def chat(app) -> ChatScreen:
