@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import hashlib
 import json
 import os
 import platform
@@ -54,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.py
+from _common import code_version  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT))
 
@@ -343,16 +344,8 @@ def bench_open(folder: Path, n: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
-def code_digests() -> dict[str, str]:
-    """Which code was measured (others edit the tree while benchmarks run)."""
-    out = {}
-    for rel in ("streamchat/history/store.py", "streamchat/history/recorder.py", "streamchat/cli/ask.py",
-                "streamchat/core/bus.py", "streamchat/core/stream.py"):
-        try:
-            out[rel] = hashlib.sha1((ROOT / rel).read_bytes()).hexdigest()[:12]
-        except OSError:
-            pass
-    return out
+CODE_FILES = ("streamchat/history/store.py", "streamchat/history/recorder.py", "streamchat/cli/ask.py",
+              "streamchat/core/bus.py", "streamchat/core/stream.py")
 
 
 def report(res: dict[str, Any]) -> None:
@@ -396,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             "sqlite": sqlite3.sqlite_version,
             "load_average_at_start": os.getloadavg(),
             "server": "streamchat.testing.wire.WireServer in a thread of the benchmark process",
-            "code_sha1": code_digests(),
+            "code": code_version(CODE_FILES),
         },
     }
     folder = Path(tempfile.mkdtemp(prefix="bench-history-"))

@@ -55,6 +55,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.py
+from _common import code_version  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 VENV_BIN = Path(sys.executable).parent
 
@@ -973,30 +975,9 @@ def print_report(res: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def code_version() -> dict[str, Any]:
-    """Which streamchat code was measured: the commit, and a digest of the files that matter (others
-    edit the tree while benchmarks run, so the commit alone does not say)."""
-    import hashlib
-
-    info: dict[str, Any] = {}
-    try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                        text=True, timeout=10).stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "streamchat"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.split("\n")
-        info["streamchat_changed_files"] = [line[3:] for line in dirty if line.strip()]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    digests = {}
-    for rel in ("streamchat/core/bus.py", "streamchat/core/stream.py", "streamchat/core/events.py",
-                "streamchat/providers/anthropic.py", "streamchat/providers/openai.py",
-                "streamchat/providers/ollama.py"):
-        try:
-            digests[rel] = hashlib.sha1((ROOT / rel).read_bytes()).hexdigest()[:12]
-        except OSError:
-            pass
-    info["sha1"] = digests
-    return info
+CODE_FILES = ("streamchat/core/bus.py", "streamchat/core/stream.py", "streamchat/core/events.py",
+              "streamchat/providers/anthropic.py", "streamchat/providers/openai.py",
+              "streamchat/providers/ollama.py")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1052,7 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             pass
 
-    results["environment"]["code"] = code_version()
+    results["environment"]["code"] = code_version(CODE_FILES)
     t_start = time.perf_counter()
     server = WireServer().start()
     os.environ.update(server.env())

@@ -51,8 +51,6 @@ import os
 import platform
 import pty
 import random
-import re
-import select
 import signal
 import statistics
 import struct
@@ -66,6 +64,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.py
+from _common import code_version  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 VENV_BIN = Path(sys.executable).parent
 THIS = Path(__file__).resolve()
@@ -726,25 +726,7 @@ def print_report(res: dict[str, Any]) -> None:
     print("targets missed: " + ("; ".join(missed) if missed else "none"))
 
 
-def code_version() -> dict[str, Any]:
-    import hashlib
-
-    info: dict[str, Any] = {}
-    try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                        text=True, timeout=10).stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "streamchat"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.split("\n")
-        info["streamchat_changed_files"] = [line[3:] for line in dirty if line.strip()]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    info["sha1"] = {}
-    for rel in ("streamchat/tui/app.py", "streamchat/tui/chat.py", "streamchat/tui/widgets.py"):
-        try:
-            info["sha1"][rel] = hashlib.sha1((ROOT / rel).read_bytes()).hexdigest()[:12]
-        except OSError:
-            pass
-    return info
+CODE_FILES = ("streamchat/tui/app.py", "streamchat/tui/chat.py", "streamchat/tui/widgets.py")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -776,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(), "textual": version("textual"),
             "load_average_at_start": os.getloadavg(), "terminal": f"{COLS}x{ROWS} pty",
             "server": "streamchat.testing.wire.WireServer in a separate process",
-            "code": code_version(),
+            "code": code_version(CODE_FILES),
         },
     }
     t_start = time.perf_counter()
