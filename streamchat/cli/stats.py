@@ -84,9 +84,7 @@ def _print(stats: "list[ModelStats]", bins: int, out: IO[str]) -> None:
     console.print(table)
 
     for s in stats:
-        ended = ", ".join(f"{n} {label}" for n, label in (
-            (s.completed, "complete"), (s.failed, "failed"), (s.cancelled, "cancelled"), (s.cut_off, "cut off"),
-            (s.streaming, "streaming now")) if n)
+        ended = s.endings()
         retries = f" · {s.retries} retries" if s.retries else ""
         console.print()
         console.print(Text(f"{s.model_id}", style="bold") + Text(f" — {s.streams} streams: {ended}{retries}"))

@@ -372,6 +372,12 @@ class ModelStats:
     def ended(self) -> int:
         return self.streams - self.streaming
 
+    def endings(self) -> str:
+        """How the streams ended: ``"3 complete, 1 failed"`` (kinds with none left out)."""
+        return ", ".join(f"{n} {label}" for n, label in (
+            (self.completed, "complete"), (self.failed, "failed"), (self.cancelled, "cancelled"),
+            (self.cut_off, "cut off"), (self.streaming, "streaming now")) if n)
+
     def error_rate(self, kind: str | None = None) -> float:
         """Share of ended streams that failed (with ``kind``, or with any error)."""
         failed = self.errors.get(kind, 0) if kind else self.failed

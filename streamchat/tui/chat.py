@@ -261,13 +261,21 @@ class ChatScreen(Screen):
         status = self.query_one("#status", StatusBar)
         status.show(left, right if right is not None else app.warm_status)
 
+    @property
+    def system(self) -> str | None:
+        """The system prompt: the conversation's own (reopened), else ``--system``, else the config's."""
+        app = self.chat_app
+        if self.conversation is not None and self.conversation.system is not None:
+            return self.conversation.system
+        return app.system if app.system is not None else app.settings.system
+
     def _request_base(self, lane: int) -> ChatRequest:
         app = self.chat_app
         provider = app.providers[lane]
         settings = app.settings
         return ChatRequest(
             messages=(),
-            system=app.system if app.system is not None else settings.system,
+            system=self.system,
             max_tokens=settings.max_tokens,
             # per-token confidence colours the token view: ask whenever the provider can give it
             confidence=bool(provider.supports_confidence or settings.confidence),
@@ -328,8 +336,7 @@ class ChatScreen(Screen):
             return
         try:
             if conversation.id is None:
-                system = app.system if app.system is not None else app.settings.system
-                conversation.id = store.create_conversation(prompt, system=system)
+                conversation.id = store.create_conversation(prompt, system=self.system)
             store.add_message(conversation.id, "user", prompt)
         except StreamchatError as exc:
             app.history_failed(exc)
@@ -758,7 +765,7 @@ class ChatScreen(Screen):
         conversation = self.conversation
         assert conversation is not None
         conversation.id = stored.id
-        app.system = stored.system
+        conversation.system = stored.system
         welcome = self.query("#welcome")
         if welcome:
             await welcome.remove()

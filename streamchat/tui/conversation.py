@@ -75,6 +75,8 @@ class Conversation:
         self.turns: list[Turn] = []
         #: its id in the history (None until its first prompt is recorded, or without history)
         self.id: int | None = None
+        #: its own system prompt (a conversation reopened from the history); None: the app's
+        self.system: str | None = None
 
     @property
     def last(self) -> Turn | None:
@@ -99,3 +101,4 @@ class Conversation:
     def clear(self) -> None:
         self.turns.clear()
         self.id = None
+        self.system = None

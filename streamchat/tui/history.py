@@ -233,7 +233,7 @@ class StatsScreen(Screen[None]):
         sections = []
         for s in stats:
             lines = [Content.from_markup("[b $primary]$model[/]  [$text-muted]$n streams$endings[/]",
-                                         model=s.model_id, n=s.streams, endings=_endings(s))]
+                                         model=s.model_id, n=s.streams, endings=f": {s.endings()}" if s.streams else "")]
             for title, dist, values, fmt in (
                 ("time to first token", s.ttft, s.ttft_values, format_seconds),
                 ("tokens/s", s.tokens_per_s, s.tokens_per_s_values, format_rate),
@@ -253,10 +253,3 @@ class StatsScreen(Screen[None]):
 
     def action_back(self) -> None:
         self.dismiss(None)
-
-
-def _endings(s) -> str:
-    parts = [f"{n} {label}" for n, label in ((s.completed, "complete"), (s.failed, "failed"),
-                                            (s.cancelled, "cancelled"), (s.cut_off, "cut off"),
-                                            (s.streaming, "streaming")) if n]
-    return (": " + ", ".join(parts)) if parts else ""
