@@ -71,16 +71,26 @@ async def run_list(*, limit: int, json_mode: bool, out: IO[str]) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for name, kw in (("id", {"justify": "right"}), ("when", {}), ("msgs", {"justify": "right"}), ("model", {}),
-                     ("last answer", {}), ("title", {"overflow": "ellipsis", "no_wrap": True})):
-        table.add_column(name, **kw)
+    rows = []
     for c in conversations:
         state = state_label(c.last_state) if c.last_state else "-"
         style = "" if c.last_state in (None, "complete") else "yellow" if c.last_state != "failed" else "red"
-        table.add_row(str(c.id), _when(c.updated_at), str(c.message_count), c.last_model or "-", Text(state, style=style),
-                      Text(c.title))
-    _console(out).print(table)
+        rows.append((str(c.id), _when(c.updated_at), str(c.message_count), c.last_model or "-", Text(state, style=style),
+                     Text(c.title)))
+    console = _console(out)
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    # the figures keep their width (a narrow terminal, a pipe); the title gets the rest, cut with "…"
+    columns = (("id", {"justify": "right"}), ("when", {}), ("msgs", {"justify": "right"}), ("model", {}),
+               ("last answer", {}))
+    used = 0
+    for i, (name, kw) in enumerate(columns):
+        widest = max(len(name), *(len(str(row[i])) for row in rows))
+        used += widest + 2  # (a column and its padding)
+        table.add_column(name, no_wrap=True, width=widest, **kw)
+    table.add_column("title", no_wrap=True, overflow="ellipsis", width=max(8, console.width - used))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
     return 0
 
 
