@@ -15,6 +15,12 @@ Where things live (platformdirs), unless ``STREAMCHAT_HOME`` moves *all* state i
     connect = 10
     first_token = 60
     idle = 60
+
+    [pipelines.NAME]            # progressive stages (see streamchat.orchestrate.pipeline)
+    [router]                    # routing tiers and cache (see streamchat.orchestrate.router)
+
+The ``pipelines`` and ``router`` tables are kept as read here and checked by their orchestrators
+when they are used, so a mistake in them names its key and does not stop a plain ``ask``.
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ class Settings:
     theme: str | None = None
     #: connect / first token / idle gap / total, in seconds
     timeouts: Timeouts = field(default_factory=Timeouts)
+    #: ``[pipelines.NAME]`` tables as read (checked by ``orchestrate.pipeline`` when one is used)
+    pipelines: dict[str, Any] = field(default_factory=dict)
+    #: the ``[router]`` table as read (checked by ``orchestrate.router`` when routing is used)
+    router: dict[str, Any] = field(default_factory=dict)
     #: where this came from (for messages)
     source: Path | None = None
 
@@ -108,10 +118,14 @@ def load_settings(path: Path | None = None) -> Settings:
     for key, value in data.items():
         if key == "timeouts":
             settings.timeouts = _timeouts(value, path)
+        elif key in ("pipelines", "router"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [{key}] must be a table")
+            setattr(settings, key, value)
         elif key in types:
             setattr(settings, key, _coerce(key, value, types[key], str(path)))
         else:
-            known = ", ".join([*types, "timeouts"])
+            known = ", ".join([*types, "timeouts", "pipelines", "router"])
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {known})")
     for key, env in _ENV.items():
         if os.environ.get(env):

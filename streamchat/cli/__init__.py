@@ -148,11 +148,17 @@ def ask(
     continue_: bool = typer.Option(False, "--continue", "-c", help="Continue the last conversation: its earlier turns are sent as context."),
     conversation: Optional[int] = typer.Option(None, "--conversation", metavar="ID", help="Continue conversation ID (see 'streamchat history list')."),
     resume: bool = typer.Option(False, "--resume", help="Instead of a new question: continue the conversation's cut-off, failed or cancelled last answer where it stopped."),
+    pipeline: Optional[str] = typer.Option(None, "--pipeline", "-p", metavar="NAME", help="Answer in progressive stages (a fast draft, then a refinement): a [pipelines.NAME] of the config, or 'default'."),
+    route: bool = typer.Option(False, "--route", help="Let the router pick the model for this question (see 'streamchat route stats')."),
 ) -> None:
     """Ask one question and stream the answer to stdout."""
     from .ask import read_prompt, run_ask
 
     text: str | None = None
+    if pipeline is not None and route:
+        _fail("--pipeline and --route each choose the models: give one of them", 2)
+    if (pipeline is not None or route) and (model is not None or resume):
+        _fail(f"{'--pipeline' if pipeline is not None else '--route'} chooses the models: it takes no --model or --resume", 2)
     if resume:
         if prompt is not None:
             _fail("--resume continues the last answer and takes no prompt", 2)
@@ -166,7 +172,7 @@ def ask(
         text, settings=_settings(), model=model, system=system, timeout=timeout, json_mode=json,
         confidence=confidence, max_tokens=max_tokens, temperature=temperature,
         out=sys.stdout, err=sys.stderr, history=not no_history, continue_last=continue_,
-        conversation=conversation, resume=resume,
+        conversation=conversation, resume=resume, pipeline=pipeline, route=route,
     ))
     raise typer.Exit(code)
 
@@ -283,6 +289,90 @@ def stats(
     from .stats import run_stats
 
     raise typer.Exit(_run(lambda: run_stats(model=model, json_mode=json, bins=bins, out=sys.stdout)))
+
+
+@app.command()
+def compare(
+    prompt: Optional[str] = typer.Argument(None, metavar="PROMPT", help="The question; '-' or nothing reads it from stdin.", show_default=False),
+    model: List[str] = typer.Option(..., "--model", "-m", metavar="PROVIDER:MODEL", help="A lane; give two or more (the first is the preferred one unless --prefer says otherwise)."),
+    merge: str = typer.Option("side-by-side", "--merge", metavar="STRATEGY", help="side-by-side (every lane), first-token-wins (show the first lane to answer) or fastest-then-best (show the fastest, then the preferred lane's answer when it completes)."),
+    prefer: Optional[str] = typer.Option(None, "--prefer", metavar="PROVIDER:MODEL", help="The lane whose answer counts as best (default: the first --model)."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", metavar="TEXT", help="System prompt."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", "-t", min=0.1, metavar="SECONDS", help="Seconds each lane's answer may take."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, metavar="N", help="Most tokens in each answer."),
+    json: bool = typer.Option(False, "--json", help="Write every lane's events as NDJSON (each tagged with its lane), then the comparison."),
+    no_history: bool = typer.Option(False, "--no-history", help="Do not record the question and the answers in the history."),
+) -> None:
+    """Stream one question to several models at once and compare them (time to first token, tokens/s, agreement)."""
+    from .ask import read_prompt
+    from .compare import run_compare
+
+    text = read_prompt(prompt)
+    if text is None:
+        _fail("no prompt: give it as an argument, or pipe it in (echo hi | streamchat compare -m A -m B)", 2)
+    if not text.strip():
+        _fail("the prompt is empty", 2)
+    raise typer.Exit(_run(lambda: run_compare(
+        text, settings=_settings(), models=list(model), merge=merge, prefer=prefer, system=system,
+        timeout=timeout, max_tokens=max_tokens, json_mode=json, history=not no_history,
+        out=sys.stdout, err=sys.stderr,
+    )))
+
+
+route_app = typer.Typer(
+    name="route",
+    help="The router's cache of which model answers which kind of question: stats, clear.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(route_app, name="route")
+
+
+@route_app.command("stats")
+def route_stats(json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """The routing cache: its size and limits, hits and misses, and the routes per model."""
+    from .route import run_route_stats
+
+    raise typer.Exit(_run(lambda: run_route_stats(settings=_settings(), json_mode=json, out=sys.stdout)))
+
+
+@route_app.command("clear")
+def route_clear() -> None:
+    """Forget every cached route."""
+    from .route import run_route_clear
+
+    raise typer.Exit(_run(lambda: run_route_clear(settings=_settings(), out=sys.stdout)))
+
+
+@app.command()
+def bench(
+    prompt: Optional[str] = typer.Argument(None, metavar="PROMPT", help="The question; '-' or nothing reads it from stdin.", show_default=False),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="PROVIDER:MODEL", help="A model to measure; repeat it for an A/B comparison."),
+    pipeline: Optional[List[str]] = typer.Option(None, "--pipeline", "-p", metavar="NAME", help="A pipeline to measure as one contestant; repeatable."),
+    route: bool = typer.Option(False, "--route", help="Measure the router as one contestant."),
+    runs: int = typer.Option(5, "--runs", "-n", min=1, max=1000, metavar="N", help="Runs per contestant."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", metavar="TEXT", help="System prompt."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", "-t", min=0.1, metavar="SECONDS", help="Seconds each run may take."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, metavar="N", help="Most tokens in each answer."),
+    json: bool = typer.Option(False, "--json", help="Machine-readable results (every run, and the summary)."),
+) -> None:
+    """Run the same prompt N times against several models or strategies and compare time to first token, tokens/s and errors."""
+    from .ask import read_prompt
+    from .bench import run_bench
+
+    text = read_prompt(prompt)
+    if text is None:
+        _fail("no prompt: give it as an argument, or pipe it in (echo hi | streamchat bench -m A -m B)", 2)
+    if not text.strip():
+        _fail("the prompt is empty", 2)
+    if not (model or pipeline or route):
+        _fail("nothing to measure: give --model (repeatable), --pipeline NAME or --route", 2)
+    raise typer.Exit(_run(lambda: run_bench(
+        text, settings=_settings(), models=list(model or []), pipelines=list(pipeline or []), route=route,
+        runs=runs, system=system, timeout=timeout, max_tokens=max_tokens, json_mode=json,
+        out=sys.stdout, err=sys.stderr,
+    )))
 
 
 def main() -> None:

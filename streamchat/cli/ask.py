@@ -100,14 +100,32 @@ async def run_ask(
     continue_last: bool = False,
     conversation: int | None = None,
     resume: bool = False,
+    pipeline: str | None = None,
+    route: bool = False,
 ) -> int:
     """Stream one answer. Returns the exit code; errors are one line on ``err``.
 
-    ``prompt`` is None only with ``resume``. The history is opened before anything is sent, so a
-    database that cannot be used stops the command with its one-line error (``--no-history``
-    gets round it)."""
+    ``prompt`` is None only with ``resume``. ``pipeline`` (a pipeline's name) answers in stages
+    (``cli.pipeline``); ``route`` lets the router pick the model (``cli.route``).
+
+    The history is opened before anything is sent, so a database that cannot be used stops the
+    command with its one-line error (``--no-history`` gets round it)."""
     store = _open_history() if history else None
     try:
+        if pipeline is not None:
+            from .pipeline import run_pipeline_ask
+
+            return await run_pipeline_ask(
+                prompt, store, pipeline=pipeline, settings=settings, system=system, timeout=timeout,
+                json_mode=json_mode, confidence=confidence, max_tokens=max_tokens, temperature=temperature,
+                out=out, err=err, continue_last=continue_last, conversation=conversation)
+        if route:
+            from .route import run_routed_ask
+
+            return await run_routed_ask(
+                prompt, store, settings=settings, system=system, timeout=timeout, json_mode=json_mode,
+                confidence=confidence, max_tokens=max_tokens, temperature=temperature, out=out, err=err,
+                continue_last=continue_last, conversation=conversation)
         return await _ask(prompt, store, settings=settings, model=model, system=system, timeout=timeout,
                           json_mode=json_mode, confidence=confidence, max_tokens=max_tokens,
                           temperature=temperature, out=out, err=err, continue_last=continue_last,
