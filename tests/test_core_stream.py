@@ -197,6 +197,57 @@ async def test_buffering_by_count(server, provider_name):
     assert sum(t.count for t in tokens) == 2000
 
 
+async def test_a_long_burst_yields_to_the_event_loop(server, provider_env, monkeypatch):
+    """A firehose arrives in big socket reads whose events the SDK hands over without waiting; the
+    read loop must still let other tasks (a key press, a frame) run every YIELD_EVERY_S. With the
+    slice at 0 every buffered event yields, so a ticker task runs between any two tokens."""
+    from streamchat.core import stream as stream_module
+
+    monkeypatch.setattr(stream_module, "YIELD_EVERY_S", 0.0)
+    server.firehose_tokens = 3000
+    stream, bus = make("openai", "firehose", buffer=BufferPolicy(merge=False))
+    ticks = 0
+    seen: list[int] = []
+
+    class Note:
+        def on_event(self, event):
+            if isinstance(event, Token):
+                seen.append(ticks)
+
+    bus.register(Note())
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    tick_task = asyncio.ensure_future(ticker())
+    try:
+        await stream.run()
+    finally:
+        tick_task.cancel()
+    assert stream.state == "completed" and len(seen) == 3000
+    assert all(b > a for a, b in zip(seen, seen[1:]))  # the loop turned between every two tokens
+
+
+async def test_the_sdk_is_prepared_off_the_event_loop_and_a_cancel_then_sends_nothing(server, provider_env):
+    """An unprepared provider (its SDK maybe not imported yet: seconds, cold) is prepared in a thread,
+    so other tasks run meanwhile; a cancel in that time ends the stream at once, with nothing sent."""
+    provider = create_provider("anthropic:normal")
+    assert not provider.prepared
+    stream = Stream(provider, ChatRequest.from_prompt("hi"))
+    sub = stream.bus.subscribe(stream_id=stream.id)
+    task = stream.start()
+    await asyncio.sleep(0)  # the stream task is now waiting for prepare() in its thread
+    assert stream.state == "pending" and not task.done()
+    assert stream.cancel()
+    await asyncio.wait_for(task, 30)
+    assert stream.state == "cancelled"  # (the import thread itself finishes in the background)
+    assert [type(e) for e in sub.drain()] == [Cancelled]
+    assert server.requests == []
+
+
 async def test_buffering_by_time_flushes_a_slow_stream(server, provider_env):
     server.slow_rate, server.slow_tokens = 40, 30
     stream, bus = make("openai", "slow", buffer=BufferPolicy(max_tokens=1000, max_ms=100))

@@ -17,6 +17,11 @@ States::
   that every retry is visible as a :class:`Retrying` event, for every provider alike.
 * Buffering (:class:`BufferPolicy`): tokens can be published in groups — after N tokens or T ms,
   whichever comes first.
+* Fairness: when the SDK has many events buffered (a firehose: one socket read can hold thousands,
+  and parsing each costs the SDK ~0.1 ms), the read loop would run without ever waiting. Every
+  :data:`YIELD_EVERY_S` of such work it publishes what it has (as the buffer policy allows) and
+  yields to the event loop once, so a key press (pause!) or a frame never waits behind a burst
+  for more than a few milliseconds.
 
 Nothing here imports an SDK or a UI.
 """
@@ -59,6 +64,8 @@ log = logging.getLogger("streamchat.stream")
 
 _ids = itertools.count(1)
 _PID = os.getpid()
+#: the longest the read loop works through buffered events before it yields to the event loop
+YIELD_EVERY_S = 0.005
 
 
 def new_stream_id() -> str:
@@ -315,10 +322,23 @@ class Stream:
             await self._finish_cancelled()
             return self.snapshot
         try:
-            self.provider.prepare()
+            if self.provider.prepared:
+                self.provider.prepare()
+            else:  # importing an SDK can take seconds: never on the event loop (other lanes, keys)
+                await asyncio.to_thread(self.provider.prepare)
         except StreamchatError as err:
             self._t0 = self._end = time.monotonic()
             await self._finish_failed(err)
+            return self.snapshot
+        except asyncio.CancelledError:  # cancelled while the SDK was imported: nothing was sent
+            self._t0 = self._end = time.monotonic()
+            if self._stop_reason is None:  # from outside: end as cancelled, then propagate
+                await asyncio.shield(self._finish_cancelled())
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self._finish_cancelled()
             return self.snapshot
         self._t0 = time.monotonic()
         if self._paused_at is not None:  # paused before it started: the pause begins now
@@ -397,6 +417,7 @@ class Stream:
         next_event = opened.events.__anext__
         take, take_text = self._take, self._take_text
         pieces, monotonic = self._pieces, time.monotonic
+        slice_end = monotonic() + YIELD_EVERY_S
         try:
             while True:
                 if self._stop_reason is not None:  # cancel() from a handler in this task
@@ -405,18 +426,27 @@ class Stream:
                     await self._flush()  # show everything that arrived before the pause
                     await resume.wait()
                 event, rest = step_now(next_event())
+                waited = True  # did this step await (the network, or a yield in a burst)?
                 if rest is not None:  # nothing buffered: the next event needs the network
                     event = await self._wait_for_chunk(rest)
                     # the clock is read only after a real wait: a burst arrives all at once
                     self._last_chunk = self._active_now()
-                    if not resume.is_set():  # paused while this event was on its way: hold it
-                        try:
+                elif monotonic() < slice_end:
+                    waited = False
+                if waited:
+                    try:
+                        if rest is None:  # a long burst: let keys and frames in (see Fairness)
+                            if monotonic() - self._run_since >= self.buffer.hold_s:  # unless the policy holds
+                                await self._flush()
+                            await asyncio.sleep(0)
+                        if not resume.is_set():  # paused while this event was on its way: hold it
                             await resume.wait()
-                        except asyncio.CancelledError:
-                            item = convert(event)  # every word that arrived belongs to the partial
-                            if item is not None:
-                                take_text(item) if type(item) is str else take(item)
-                            raise
+                    except asyncio.CancelledError:
+                        item = convert(event)  # every word that arrived belongs to the partial
+                        if item is not None:
+                            take_text(item) if type(item) is str else take(item)
+                        raise
+                    slice_end = monotonic() + YIELD_EVERY_S
                 item = convert(event)
                 if type(item) is str:  # the common case, inlined: a plain token
                     if not item:

@@ -167,6 +167,11 @@ class Provider(ABC):
                 raise AuthenticationError(f"no API key for {self.name}: set {self.key_env}", provider=self.name)
             self._client = self._make_client()
 
+    @property
+    def prepared(self) -> bool:
+        """True when :meth:`prepare` has nothing slow left to do (the SDK client exists)."""
+        return self._client is not None
+
     def _make_client(self) -> Any:
         """The SDK client (SDK adapters override this; they import their SDK here)."""
         return None
