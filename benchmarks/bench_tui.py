@@ -79,7 +79,7 @@ TARGET_KEY_MAX_FIREHOSE_S = 0.100
 TARGET_ON_SCREEN_S = 1.0
 TARGET_STARTUP_S = 1.0
 
-PROMPT_DRAWN = "Ask something".encode()
+PROMPT_DRAWN = "sk something".encode()  # the cursor sits on the placeholder's "A": its own colour codes
 READY = b"ready"
 STREAMING = "● streaming".encode()
 PAUSED = "⏸ paused".encode()

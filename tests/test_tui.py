@@ -18,7 +18,8 @@ from streamchat.core.request import join_continuation
 from streamchat.testing.wire import CUTOFF_CONTINUATION, CUTOFF_FIRST, NORMAL_TEXT, NORMAL_TOKENS
 from streamchat.tui import make_app
 from streamchat.tui.chat import FRAME_S, ChatScreen
-from streamchat.tui.widgets import AnswerView, LaneStats, TurnView
+from streamchat.tui.answer import AnswerView, TurnView
+from streamchat.tui.widgets import LaneStats
 
 SIZE = (120, 40)
 

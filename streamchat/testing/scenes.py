@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from ..history import HistoryStore
     from ..tui.app import StreamchatApp
     from ..tui.chat import ChatScreen
-    from ..tui.widgets import AnswerView
+    from ..tui.answer import AnswerView
     from .wire import WireServer
 
 __all__ = ["SCENES", "SIZE", "Scene", "TokenHold", "wire_environment"]
@@ -129,7 +129,7 @@ def chat(pilot: Pilot) -> ChatScreen:
 
 
 def answers(pilot: Pilot) -> list[AnswerView]:
-    from ..tui.widgets import AnswerView
+    from ..tui.answer import AnswerView
 
     return list(chat(pilot).query(AnswerView))
 

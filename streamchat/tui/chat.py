@@ -46,10 +46,11 @@ from ..core.errors import StreamchatError, error_of_kind
 from ..core.request import ChatRequest
 from ..core.stream import Stream, continue_stream
 from .conversation import Answer, Conversation, Turn
-from .widgets import AnswerView, LaneStats, StatusBar, TurnView
+from .widgets import LaneStats, StatusBar
 
 if TYPE_CHECKING:
     from ..history import StoredMessage
+    from .answer import AnswerView, TurnView
     from .app import StreamchatApp
 
 __all__ = ["ChatScreen", "FRAME_S"]
@@ -381,6 +382,8 @@ class ChatScreen(Screen):
             turn.answers.append(Answer(lane=lane, request=request))
         conversation.turns.append(turn)
         self._record_prompt(prompt)
+        from .answer import TurnView  # (Markdown is imported with the first answer, not at start-up)
+
         view = TurnView(prompt, [p.model_id for p in app.providers], app.palette)
         self._views[id(turn)] = view
         welcome = self.query("#welcome")
@@ -657,7 +660,7 @@ class ChatScreen(Screen):
 
     def _set_token_view(self, on: bool) -> None:
         self.token_view = on
-        for view in self.query(AnswerView):
+        for view in self.query("AnswerView"):
             view.show_tokens(on)
         self.show_status()
         self.refresh_bindings()
@@ -698,7 +701,7 @@ class ChatScreen(Screen):
     def palette_changed(self) -> None:
         """The theme changed: token colours and the legend follow it."""
         palette = self.chat_app.palette
-        for view in self.query(AnswerView):
+        for view in self.query("AnswerView"):
             view.palette = palette
             if view.has_class("-tokens"):
                 view.render_tokens()
@@ -784,6 +787,8 @@ class ChatScreen(Screen):
                 turn.answers.append(answer)
             conversation.turns.append(turn)
             names = [answers[lane].model_id or "?" if lane in answers else "–" for lane in range(lanes)]
+            from .answer import TurnView
+
             view = TurnView(prompt, names, app.palette)
             self._views[id(turn)] = view
             await self.scroller.mount(view)

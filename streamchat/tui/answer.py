@@ -1,0 +1,421 @@
+"""The answer widgets: imported when the first answer is shown (or by the warm-up after the first
+frame), so that start-up does not pay for Textual's Markdown and its parser.
+
+* :class:`AnswerView` — one lane's answer: a header (model, state), the answer as Markdown streamed
+  through a ``MarkdownStream`` (or, toggled, as coloured tokens), and a note under it (cut off, or
+  the error and what to do next).
+* :class:`TurnView` — a prompt and its answers side by side (one per lane).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.content import Content
+from textual.visual import visualize
+from textual.widgets import Markdown, Static
+from textual.widgets.markdown import MarkdownBlock
+
+from ..core.events import Token
+from .widgets import error_hint, neutralise, state_content
+
+if TYPE_CHECKING:
+    from textual.widgets.markdown import MarkdownStream
+
+    from ..core.errors import StreamchatError
+    from ..theming import Theme
+
+__all__ = ["CHUNK_BLOCKS", "AnswerView", "TurnView"]
+
+#: the coloured token view is re-rendered at most this often while streaming (seconds)
+TOKEN_VIEW_INTERVAL = 0.1
+#: While streaming, a new Markdown widget is started once the live one holds this many blocks: a
+#: frame that adds a line then re-arranges a short Markdown widget, not the whole answer. The
+#: widgets stay when the answer is done: each starts where nothing can go on from before (see
+#: ``AnswerView._split_at``), so each parses on its own as the whole would (reference-style link
+#: definitions aside).
+CHUNK_BLOCKS = 12
+#: a block that may go on after a blank line (a list, a quote, anything indented, a table, HTML):
+#: never split after one
+_NOT_SPLITTABLE = re.compile(r"[-*+](\s|$)|\d{1,9}[.)](\s|$)|>|\s|<|.*\|")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$", re.MULTILINE)
+#: the top-level blocks (markdown-it token types) that Textual's Markdown shows as widgets
+_BLOCK_TOKENS = frozenset({"heading_open", "paragraph_open", "blockquote_open", "bullet_list_open",
+                           "ordered_list_open", "table_open", "fence", "code_block", "hr"})
+
+def _in_fence(text: str) -> bool:
+    """Whether ``text`` ends inside a fenced code block."""
+    fence = ""
+    for match in _FENCE.finditer(text):
+        marker, rest = match.groups()
+        if not fence:
+            fence = marker
+        elif marker[0] == fence[0] and len(marker) >= len(fence) and not rest.strip():
+            fence = ""
+    return bool(fence)
+
+
+def _shows_exactly(markdown: Markdown) -> bool:
+    """Whether the blocks ``markdown`` shows are those one full parse of its source gives.
+
+    A streamed Markdown widget re-parses only its last block as text arrives; rarely, a later line
+    changes how earlier lines parse (a list that goes on after a blank line…). Same top-level
+    blocks over the same lines means the same view: each block was parsed whole, as the last one,
+    before the next began."""
+    from markdown_it import (
+        MarkdownIt,  # (Textual's own parser, as Markdown uses it by default)
+    )
+
+    tokens = MarkdownIt("gfm-like").parse(markdown.source)
+    want = [(t.type, tuple(t.map)) for t in tokens if t.level == 0 and t.map is not None]
+    if any(kind not in _BLOCK_TOKENS for kind, _ in want):
+        return False
+    have = [(b.name, tuple(b.source_range)) for b in markdown.children if isinstance(b, MarkdownBlock)]
+    return have == want
+
+
+class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,valid-type]
+    """A Markdown paragraph that, when its text changes but its height does not (most frames of a
+    streaming answer: words are added to the last line), is only repainted — no layout.
+
+    Textual's ``Static.update`` asks for a layout of the whole screen on every change; a layout
+    re-arranges the widgets of the conversation and re-renders what moved, which made each frame
+    cost as much as one that adds a line."""
+
+    _height_at: tuple[int, int] = (-1, -1)  # (content width, height) of the text shown
+
+    def set_content(self, content: Content) -> None:
+        self._content = content
+        width = self.content_size.width if self.is_mounted else 0
+        if width <= 0:
+            self._height_at = (-1, -1)
+            self.update(content)
+            return
+        height = visualize(self, content, markup=False).get_height(self.styles, width)
+        same = self._height_at == (width, height) and self.content_size.height == height
+        self._height_at = (width, height)
+        self.update(content, layout=not same)
+
+
+class AnswerMarkdown(Markdown):
+    """The answer's Markdown: paragraphs that grow in place are repainted without a layout."""
+
+    BLOCKS = {**Markdown.BLOCKS, "paragraph_open": _StreamParagraph}
+
+
+class AnswerView(Vertical):
+    """One lane's answer. The screen calls :meth:`begin` when a stream starts writing to it,
+    :meth:`take` per token event, :meth:`flush` once per frame and :meth:`finish` at the end."""
+
+    DEFAULT_CSS = """
+    AnswerView {
+        width: 1fr;
+        height: auto;
+        padding: 0 1;
+    }
+    AnswerView > .answer--header {
+        height: 1;
+        color: $text-muted;
+    }
+    AnswerView > Markdown {
+        margin: 0;
+        padding: 0;
+        background: transparent;
+    }
+    AnswerView > .answer--tokens {
+        display: none;
+        height: auto;
+    }
+    AnswerView.-tokens > Markdown {
+        display: none;
+    }
+    AnswerView.-tokens > .answer--tokens {
+        display: block;
+    }
+    AnswerView > .answer--note {
+        display: none;
+        height: auto;
+        padding: 0 1;
+    }
+    AnswerView.-cut > .answer--note {
+        display: block;
+        color: $warning;
+        border-left: outer $warning;
+    }
+    AnswerView.-failed > .answer--note {
+        display: block;
+        color: $error;
+        border-left: outer $error;
+    }
+    """
+
+    def __init__(self, model_id: str, lane: int, theme: Theme, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="answer")
+        self.model_id = model_id
+        self.lane = lane
+        self.palette = theme
+        self.markdown = AnswerMarkdown("", classes="answer--md")
+        self.tokens_view = Static("", classes="answer--tokens", markup=False)
+        self.header = Static(classes="answer--header")
+        self.note = Static("", classes="answer--note", markup=False)
+        self.state = "waiting"
+        self.stream_id: str | None = None
+        self._md_stream: MarkdownStream | None = None
+        self._pending: list[str] = []
+        #: more Markdown widgets after ``markdown`` while streaming (see CHUNK_BLOCKS)
+        self._chunks: list[Markdown] = []
+        self._live_text = ""  # what was written to the last Markdown widget (the live one)
+        #: every piece of text as it arrived: (text, confidence, stage) — for the token view
+        self.pieces: list[tuple[str, float | None, str | None]] = []
+        self._tokens_rendered_at = 0.0
+        self._tokens_dirty = False
+
+    def compose(self) -> ComposeResult:
+        yield self.header
+        yield self.markdown
+        yield self.tokens_view
+        yield self.note
+
+    def on_mount(self) -> None:
+        self.set_state("waiting")
+
+    # -- driven by the screen ---------------------------------------------------------------
+    @property
+    def text(self) -> str:
+        """What the Markdown view holds (``markdown`` and, for a long answer, the chunks after it)."""
+        if self._chunks:
+            return self.markdown.source + "".join(chunk.source for chunk in self._chunks)
+        return self.markdown.source
+
+    @property
+    def _live_markdown(self) -> Markdown:
+        return self._chunks[-1] if self._chunks else self.markdown
+
+    def set_state(self, state: str, detail: str = "") -> None:
+        self.state = state
+        header = Content.from_markup("[b]$model[/b]  ", model=self.model_id) + state_content(state, detail)
+        self.header.update(header, layout=False)  # one line, full width: its size never changes
+
+    async def begin(self, stream_id: str, *, fresh: bool) -> None:
+        """A stream starts writing here: a new answer (``fresh``) or a continuation of this one."""
+        await self.stop_streaming()
+        if fresh:
+            self.pieces.clear()
+            await self._drop_chunks()
+            await self.markdown.update("")
+            self.tokens_view.update("")
+        self.stream_id = stream_id
+        self._pending.clear()
+        self.remove_class("-cut", "-failed")
+        self.note.update("")
+        live = self._live_markdown
+        self._live_text = live.source
+        self._md_stream = Markdown.get_stream(live)
+        self.set_state("waiting")
+
+    def take(self, token: Token) -> None:
+        text = neutralise(token.text)
+        self._pending.append(text)
+        self.pieces.append((text, token.confidence, token.stage))
+        self._tokens_dirty = True
+
+    async def flush(self) -> None:
+        """Write what arrived since the last frame (one MarkdownStream write)."""
+        if self._pending and self._md_stream is not None:
+            text = "".join(self._pending)
+            self._pending.clear()
+            split = self._split_at(text)
+            if split is None:
+                self._live_text += text
+                await self._md_stream.write(text)
+            else:
+                await self._md_stream.write(text[:split])
+                await self._next_chunk()
+                self._live_text = text[split:]
+                await self._md_stream.write(text[split:])
+        if self._tokens_dirty and self.has_class("-tokens"):
+            now = time.monotonic()
+            if now - self._tokens_rendered_at >= TOKEN_VIEW_INTERVAL:
+                self.render_tokens()
+
+    def _split_at(self, text: str) -> int | None:
+        """Where ``text`` may start a new Markdown widget: after a blank line that ends a
+        flush-left paragraph or heading (nothing can continue those) and before a flush-left
+        block, outside a code fence, once the live widget holds CHUNK_BLOCKS blocks; else None."""
+        if "\n\n" not in text:
+            return None
+        live = self._live_text
+        if live.count("\n\n") + text.count("\n\n") < CHUNK_BLOCKS:
+            return None
+        whole = live + text
+        at = whole.rfind("\n\n")
+        while at >= len(live) - 1:
+            end = at + 2
+            while end < len(whole) and whole[end] == "\n":
+                end += 1
+            if end < len(whole) and whole[end] not in " \t":  # the next block has begun (flush left)
+                start = whole.rfind("\n\n", 0, at)
+                start = 0 if start < 0 else start + 2
+                block = whole[start:at].lstrip("\n")
+                if block and not _NOT_SPLITTABLE.match(block) and not _in_fence(whole[:at]):
+                    return end - len(live)
+            at = whole.rfind("\n\n", 0, at)
+        return None
+
+    async def _next_chunk(self) -> None:
+        """Go on writing into a new Markdown widget after the live one."""
+        if self._md_stream is not None:
+            await self._md_stream.stop()
+        live = self._live_markdown
+        chunk = AnswerMarkdown("", classes="answer--md")
+        await self.mount(chunk, after=live)
+        self._chunks.append(chunk)
+        self._md_stream = Markdown.get_stream(chunk)
+
+    async def _drop_chunks(self) -> None:
+        chunks, self._chunks = self._chunks, []
+        self._live_text = ""
+        if chunks:
+            await self.remove_children(chunks)
+
+    async def stop_streaming(self) -> None:
+        md_stream, self._md_stream = self._md_stream, None
+        if md_stream is not None:
+            if self._pending:
+                await md_stream.write("".join(self._pending))
+                self._pending.clear()
+            await md_stream.stop()
+
+    async def finish(self, state: str, text: str, error: StreamchatError | None = None,
+                     key_env: str | None = None, at_limit: bool = False) -> None:
+        """The stream ended: make the view hold exactly ``text`` and say how it ended."""
+        await self.stop_streaming()
+        text = neutralise(text)
+        if self.text != text:  # (e.g. a continuation joined with overlap): one full parse
+            with self.app.batch_update():
+                await self.markdown.update(text)
+                await self._drop_chunks()
+        else:
+            # What streamed in is the answer: a Markdown widget is parsed again (its blocks
+            # re-mounted) only if a full parse of it differs from what it shows — which the
+            # chunks allow: each starts a block of its own (see _split_at). Re-mounting every
+            # block of a long answer took most of a second, with keys waiting.
+            for markdown in (self.markdown, *self._chunks):
+                if not _shows_exactly(markdown):
+                    await markdown.update(markdown.source)
+        if "".join(p[0] for p in self.pieces) != text:  # e.g. a continuation joined with overlap
+            self._reconcile_pieces(text)
+        if self.has_class("-tokens"):
+            self.render_tokens()
+        if state == "cancelled":
+            self.add_class("-cut")
+            self.note.update("⏹ cut off here — c continues from here · r regenerates")
+            self.set_state("cancelled")
+        elif state == "failed":
+            self.add_class("-failed")
+            self.note.update(f"✖ {error}\n{error_hint(error, bool(text.strip()), key_env)}")
+            self.set_state("failed")
+        elif at_limit:
+            self.add_class("-cut")
+            self.note.update("⏹ stopped at the token limit (max_tokens) — c continues")
+            self.set_state("done", "at the token limit")
+        elif not text.strip():
+            self.add_class("-cut")
+            self.note.update("The model sent an empty answer — r regenerates.")
+            self.set_state("done", "empty")
+        else:
+            self.set_state("done")
+
+    def _reconcile_pieces(self, text: str) -> None:
+        """Keep the pieces that ``text`` starts with (their colours stay); the rest becomes one
+        plain piece."""
+        kept: list[tuple[str, float | None, str | None]] = []
+        at = 0
+        for piece in self.pieces:
+            if not text.startswith(piece[0], at):
+                break
+            kept.append(piece)
+            at += len(piece[0])
+        if at < len(text):
+            kept.append((text[at:], None, None))
+        self.pieces[:] = kept
+        self._tokens_dirty = True
+
+    async def abandon(self) -> None:
+        """Stop rendering for good (the view is about to be removed)."""
+        self.stream_id = None
+        await self.stop_streaming()
+
+    # -- the coloured token view ---------------------------------------------------------------
+    def show_tokens(self, on: bool) -> None:
+        self.set_class(on, "-tokens")
+        if on:
+            self.render_tokens()
+
+    def render_tokens(self) -> None:
+        """Tokens coloured by confidence band (or stage colour); plain tokens alternate two shades
+        so that their boundaries show."""
+        theme = self.palette
+        parts: list[tuple[str, str] | str] = []
+        plain = ("", "$text-muted")
+        stage_now: str | None = None
+        for i, (text, confidence, stage) in enumerate(self.pieces):
+            if stage and stage != stage_now:
+                marker = theme.stage(stage)
+                if marker is not None and marker.marker:
+                    parts.append((f"{marker.marker} ", marker.color))
+                stage_now = stage
+            band = theme.band(confidence)
+            if band is not None:
+                style = band.color
+            elif (stage_style := theme.stage(stage)) is not None:
+                style = stage_style.color
+            else:
+                style = plain[i % 2]
+            parts.append((text, style) if style else text)
+        self.tokens_view.update(Content.assemble(*parts))
+        self._tokens_rendered_at = time.monotonic()
+        self._tokens_dirty = False
+
+
+class TurnView(Vertical):
+    """A prompt, then one :class:`AnswerView` per lane, side by side."""
+
+    DEFAULT_CSS = """
+    TurnView {
+        height: auto;
+        margin-bottom: 1;
+    }
+    TurnView > .turn--prompt {
+        height: auto;
+        margin: 0 0 1 0;
+        padding: 0 1;
+        color: $text;
+        background: $boost;
+        border-left: outer $primary;
+    }
+    TurnView > .turn--lanes {
+        height: auto;
+    }
+    TurnView.-lanes AnswerView {
+        border-left: vkey $panel-lighten-2;
+    }
+    TurnView.-lanes AnswerView:first-of-type {
+        border-left: none;
+    }
+    """
+
+    def __init__(self, prompt: str, models: list[str], theme: Theme) -> None:
+        super().__init__(classes="turn")
+        self.prompt = prompt
+        self.answers = [AnswerView(model, i, theme) for i, model in enumerate(models)]
+        self.set_class(len(models) > 1, "-lanes")
+
+    def compose(self) -> ComposeResult:
+        yield Static(neutralise(self.prompt), classes="turn--prompt", markup=False)
+        with Horizontal(classes="turn--lanes"):
+            yield from self.answers
