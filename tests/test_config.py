@@ -91,7 +91,7 @@ def test_ask_says_which_model_it_picked_only_when_not_given(server, tmp_path):
     picked = subprocess.run([sys.executable, "-m", "streamchat", "ask", "hi"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert picked.returncode == 0
-    assert picked.stderr == "using anthropic:claude-sonnet-4-5 (ANTHROPIC_API_KEY is set)\n"
+    assert picked.stderr == "using anthropic:claude-sonnet-4-6 (ANTHROPIC_API_KEY is set)\n"
     given = subprocess.run([sys.executable, "-m", "streamchat", "ask", "hi", "-m", "openai:normal"], env=env,
                            capture_output=True, text=True, timeout=60)
     assert given.returncode == 0 and given.stderr == ""

@@ -158,7 +158,7 @@ async def test_builtin_tiers_follow_what_is_set_up(provider_env, monkeypatch):
     # keys for both clouds, Ollama (the wire server) answering: a cheap, a middle and a best model
     tiers, reason = await default_tiers()
     assert tiers[0].model.startswith("ollama:")
-    assert [t.model for t in tiers[1:]] == ["anthropic:claude-haiku-4-5", "anthropic:claude-sonnet-4-5"]
+    assert [t.model for t in tiers[1:]] == ["anthropic:claude-haiku-4-5", "anthropic:claude-sonnet-4-6"]
     assert "ANTHROPIC_API_KEY" in reason and "Ollama" in reason
     # offline: everything goes to the embedded model
     for name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY"):

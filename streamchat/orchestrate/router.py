@@ -13,19 +13,19 @@
    "✅ done in 2.1 s" — consulting the :class:`~.route_cache.RouteCache` first. With validation
    on, an answer that looks incomplete (the stream failed, it is empty, far too short for the
    complexity, a code request answered without code, a refusal) is asked again of the next better
-   tier ("🔁 answer looked incomplete (empty); retrying on anthropic:claude-sonnet-4-5"); the
+   tier ("🔁 answer looked incomplete (empty); retrying on anthropic:claude-sonnet-4-6"); the
    accepted answer's model goes into the cache, so the same question goes straight there next time.
 
 The ``[router]`` table of ``config.toml``::
 
     [router]
     # the tiers, cheapest first: name = "provider:model"
-    tiers = { fast = "local:smollm2", balanced = "openai:gpt-4o-mini", best = "anthropic:claude-sonnet-4-5" }
+    tiers = { fast = "local:smollm2", balanced = "openai:gpt-4o-mini", best = "anthropic:claude-sonnet-4-6" }
     # optional: the complexity (1–10) from which each tier answers. Without it the tiers share
     # 1–10 evenly in the order written (three tiers: 1–3, 4–6, 7–10).
     bands = { fast = 1, balanced = 4, best = 7 }
     # optional: a category always goes to this tier (by name) or model, whatever its complexity
-    categories = { code = "anthropic:claude-sonnet-4-5", creative = "balanced" }
+    categories = { code = "anthropic:claude-sonnet-4-6", creative = "balanced" }
     cache_size = 100        # routes remembered (LRU)
     cache_ttl = 3600        # seconds a route is remembered
     validate = false        # check answers; retry an incomplete one on the next better tier
@@ -34,7 +34,7 @@ Without ``tiers`` the built-in tiers ``fast``/``balanced``/``best`` come from wh
 (like :func:`~streamchat.config.resolve_model`): ``fast`` is Ollama's first model when Ollama
 answers, else the cheapest cloud model with a key (``openai:gpt-4o-mini``, then
 ``anthropic:claude-haiku-4-5``); ``balanced`` is ``anthropic:claude-haiku-4-5`` or
-``openai:gpt-4.1-mini``; ``best`` ``anthropic:claude-sonnet-4-5`` or ``openai:gpt-4.1``; a tier
+``openai:gpt-4.1-mini``; ``best`` ``anthropic:claude-sonnet-4-6`` or ``openai:gpt-4.1``; a tier
 with nothing better takes the one below it — offline, everything goes to ``local:smollm2``.
 
 A mistake in the table is a :class:`~streamchat.core.errors.ConfigError` naming the key
@@ -352,7 +352,7 @@ def parse_router(table: Mapping[str, Any], *, where: str = "config.toml",
     else:
         if not isinstance(raw_tiers, Mapping) or not raw_tiers:
             raise ConfigError(f"{where}: router.tiers must be a table of name = \"provider:model\" "
-                              f"(e.g. tiers = {{ fast = \"local:smollm2\", best = \"anthropic:claude-sonnet-4-5\" }})")
+                              f"(e.g. tiers = {{ fast = \"local:smollm2\", best = \"anthropic:claude-sonnet-4-6\" }})")
         models = {name: _model_id(value, f"router.tiers.{name}", where) for name, value in raw_tiers.items()}
         bands = table.get("bands")
         if bands is None:
@@ -419,7 +419,7 @@ async def default_tiers() -> tuple[tuple[Tier, ...], str]:
     else:
         fast = "local:smollm2"
     balanced = "anthropic:claude-haiku-4-5" if anthropic else "openai:gpt-4.1-mini" if openai else fast
-    best = "anthropic:claude-sonnet-4-5" if anthropic else "openai:gpt-4.1" if openai else balanced
+    best = "anthropic:claude-sonnet-4-6" if anthropic else "openai:gpt-4.1" if openai else balanced
     found = [what for what, on in (("ANTHROPIC_API_KEY", anthropic), ("OPENAI_API_KEY", openai),
                                    ("Ollama", ollama)) if on]
     reason = ("built-in tiers (" + ", ".join(found) + ")") if found else \

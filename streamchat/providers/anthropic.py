@@ -25,7 +25,7 @@ class AnthropicProvider(Provider):
     key_env = "ANTHROPIC_API_KEY"
     base_url_env = "ANTHROPIC_BASE_URL"
     default_base_url = DEFAULT_BASE_URL
-    known_models = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-5")
+    known_models = ("claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-6")
 
     @classmethod
     def has_key(cls) -> bool:
