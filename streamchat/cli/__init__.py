@@ -356,6 +356,7 @@ def bench(
     timeout: Optional[float] = typer.Option(None, "--timeout", "-t", min=0.1, metavar="SECONDS", help="Seconds each run may take."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, metavar="N", help="Most tokens in each answer."),
     json: bool = typer.Option(False, "--json", help="Machine-readable results (every run, and the summary)."),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="First one untimed (cold) run per contestant, shown apart; --no-warmup saves that request."),
 ) -> None:
     """Run the same prompt N times against several models or strategies and compare time to first token, tokens/s and errors."""
     from .ask import read_prompt
@@ -371,7 +372,7 @@ def bench(
     raise typer.Exit(_run(lambda: run_bench(
         text, settings=_settings(), models=list(model or []), pipelines=list(pipeline or []), route=route,
         runs=runs, system=system, timeout=timeout, max_tokens=max_tokens, json_mode=json,
-        out=sys.stdout, err=sys.stderr,
+        out=sys.stdout, err=sys.stderr, warmup=warmup,
     )))
 
 
