@@ -224,6 +224,11 @@ def test_conversations_messages_and_context(store: HistoryStore) -> None:
         Message("user", "And sunsets?\n\nHello?"),
     )
     assert store.context(cid, before=a1) == (Message("user", "Why is the sky blue?"),)
+    # several answers to one question (stages, lanes, a retry): the last complete one is sent
+    store.add_message(cid, "assistant", "A draft.", stage="draft")
+    store.add_message(cid, "assistant", "The refined answer.", stage="refine")
+    store.add_message(cid, "assistant", "A cut-off lane", lane="2", state="cancelled")
+    assert store.context(cid)[-1] == Message("assistant", "The refined answer.")
     with pytest.raises(HistoryNotFoundError):
         store.conversation(cid + 1)
     with pytest.raises(HistoryNotFoundError):

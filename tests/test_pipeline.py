@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_env
-from streamchat.cli.pipeline import pipeline_context, run_pipeline_ask
+from streamchat.cli.pipeline import run_pipeline_ask
 from streamchat.config import Settings, load_settings
 from streamchat.core.bus import EventBus
 from streamchat.core.errors import ConfigError
@@ -471,7 +471,7 @@ async def test_on_a_terminal_every_stage_streams_under_its_header_and_is_recorde
             ("user", None, "complete"), ("assistant", "draft", "complete"), ("assistant", "refine", "complete")]
         assert messages[1].text == QUESTION and messages[2].text == NORMAL_TEXT
         # a follow-up sends the final answer of the turn, not every stage
-        context = pipeline_context(store, conversation.id)
+        context = store.context(conversation.id)
         assert [(m.role, m.content) for m in context] == [("user", QUESTION), ("assistant", NORMAL_TEXT)]
         server.reset()
         code = await run_pipeline_ask(

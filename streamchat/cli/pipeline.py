@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ..history import HistoryRecorder, HistoryStore
     from ..theming import Theme
 
-__all__ = ["run_pipeline_ask", "pipeline_context"]
+__all__ = ["run_pipeline_ask"]
 
 
 class StagePrinter(TextPrinter):
@@ -106,37 +106,6 @@ def _say(err: IO[str], message: str) -> None:
         pass
 
 
-def pipeline_context(store: "HistoryStore", conversation_id: int) -> tuple[Message, ...]:
-    """Earlier turns of a conversation as request messages, one answer per question: where a
-    question has several answers (a pipeline's stages), the last complete one (else the last
-    non-empty one) — so a follow-up sends the refined answer, not the draft and the refinement."""
-    turns: list[Message] = []
-    answers: list[Any] = []
-
-    def close_turn() -> None:
-        if not answers:
-            return
-        complete = [m for m in answers if m.state == "complete" and m.text.strip()]
-        chosen = (complete or [m for m in answers if m.text.strip()] or [None])[-1]
-        if chosen is not None and turns:
-            turns.append(Message("assistant", chosen.text))
-        answers.clear()
-
-    for message in store.messages(conversation_id):
-        if message.role == "user":
-            close_turn()
-            if not message.text.strip():
-                continue
-            if turns and turns[-1].role == "user":
-                turns[-1] = Message("user", turns[-1].content + "\n\n" + message.text)
-            else:
-                turns.append(Message("user", message.text))
-        else:
-            answers.append(message)
-    close_turn()
-    return tuple(turns)
-
-
 async def run_pipeline_ask(
     prompt: str | None,
     store: "HistoryStore | None",
@@ -161,7 +130,7 @@ async def run_pipeline_ask(
     turn = _plan_turn(store, continue_last=continue_last, conversation=conversation, resume=False)
     context: tuple[Message, ...] = ()
     if store is not None and turn.conversation_id is not None:
-        context = pipeline_context(store, turn.conversation_id)
+        context = store.context(turn.conversation_id)  # one answer per question: the refined one
     if system is None:
         system = turn.system if turn.conversation_id is not None and turn.system is not None else settings.system
     timeouts = settings.timeouts

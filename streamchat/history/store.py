@@ -744,20 +744,37 @@ class HistoryStore:
 
     @_guarded
     def context(self, conversation_id: int, *, before: int | None = None) -> tuple[Message, ...]:
-        """The conversation (up to message ``before``, exclusive) as request turns: empty answers
-        left out, and consecutive turns of one role joined, so the turns alternate as providers
-        want. A partial answer is sent as what it is: what the model had said."""
+        """The conversation (up to message ``before``, exclusive) as request turns that alternate
+        as providers want: one answer per question and consecutive questions joined.
+
+        A question may have several answers — a pipeline's stages, side-by-side lanes, a routed
+        answer and its retry, a regenerated one: the last *complete* answer is sent (else the last
+        one with text; a partial is sent as what it is, what the model had said), so a follow-up
+        carries the refined answer, not the draft and the refinement glued together. Empty answers
+        are left out."""
         turns: list[Message] = []
+        answers: list[StoredMessage] = []
+
+        def close_turn() -> None:
+            if answers and turns:
+                complete = [m for m in answers if m.state == "complete"]
+                turns.append(Message("assistant", (complete or answers)[-1].text))
+            answers.clear()
+
         for m in self.messages(conversation_id):
             if before is not None and m.id >= before:
                 break
             if not m.text.strip():
                 continue
-            role = "user" if m.role == "user" else "assistant"
-            if turns and turns[-1].role == role:
-                turns[-1] = Message(role, turns[-1].content + "\n\n" + m.text)
-            elif turns or role == "user":  # a request starts with a question
-                turns.append(Message(role, m.text))
+            if m.role != "user":
+                answers.append(m)
+                continue
+            close_turn()
+            if turns and turns[-1].role == "user":
+                turns[-1] = Message("user", turns[-1].content + "\n\n" + m.text)
+            else:
+                turns.append(Message("user", m.text))
+        close_turn()
         return tuple(turns)
 
     @_guarded
