@@ -77,6 +77,7 @@ def _root(
     system: Optional[str] = typer.Option(None, "--system", "-s", metavar="TEXT", help="System prompt."),
     plain: bool = typer.Option(False, "--plain", help="A plain line-by-line chat instead of the full-screen app (the default when not on a terminal)."),
     no_history: bool = typer.Option(False, "--no-history", help="Keep no history of this chat."),
+    pipeline: Optional[str] = typer.Option(None, "--pipeline", "-p", metavar="NAME", help="Answer every question in stages, one lane per stage (a fast draft, then a refinement): a [pipelines.NAME] of the config, or 'default'."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     version: bool = typer.Option(False, "--version", help="Show the version and exit."),
 ) -> None:
@@ -93,7 +94,12 @@ def _root(
     if ctx.invoked_subcommand is not None:
         return
     models = list(model or [])
+    if pipeline is not None and models:
+        _fail("--pipeline chooses the models (one lane per stage): it takes no --model", 2)
     if plain or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        if pipeline is not None:
+            _fail("a pipeline's stages need the full-screen app (a terminal, without --plain); "
+                  "or use 'streamchat ask --pipeline NAME'", 2)
         if len(models) > 1:
             _fail("side-by-side models need the full-screen app (a terminal, without --plain)", 2)
         from .chat import run_chat
@@ -101,10 +107,10 @@ def _root(
         code = _run(lambda: run_chat(settings=_settings(), model=models[0] if models else None, system=system,
                                      history=not no_history))
         raise typer.Exit(code or 0)
-    raise typer.Exit(_run_app(models, system, history=not no_history))
+    raise typer.Exit(_run_app(models, system, history=not no_history, pipeline=pipeline))
 
 
-def _run_app(models: list[str], system: str | None, *, history: bool = True) -> int:
+def _run_app(models: list[str], system: str | None, *, history: bool = True, pipeline: str | None = None) -> int:
     """The full-screen app. Bad settings or model ids fail with one line before any window opens;
     a history that cannot be opened is said in the app, which then keeps none."""
 
@@ -116,6 +122,12 @@ def _run_app(models: list[str], system: str | None, *, history: bool = True) -> 
         settings = _settings()
         reason = "given with --model" if models else None
         chosen = models
+        pipe = None
+        if pipeline is not None:  # a bad name or stage is one line, before any window opens
+            from ..orchestrate.pipeline import load_pipeline
+
+            pipe = await load_pipeline(pipeline, settings)
+            chosen, reason = [stage.model for stage in pipe.stages], None
         if not chosen:
             picked, reason = await resolve_model(None, settings)
             chosen = [picked]
@@ -127,7 +139,8 @@ def _run_app(models: list[str], system: str | None, *, history: bool = True) -> 
                 store = HistoryStore()
             except StreamchatError as exc:
                 problem = str(exc)
-        return make_app(settings, chosen, system, reason=reason, store=store, history_problem=problem)
+        return make_app(settings, chosen, system, reason=reason, store=store, history_problem=problem,
+                        pipeline=pipe)
 
     tui = _run(prepare)
     tui.run()

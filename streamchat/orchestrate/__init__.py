@@ -12,7 +12,9 @@ history can drive any of them the way they drive a single :class:`~streamchat.co
   to. A :class:`~streamchat.core.stream.Stream` is a ``Run``.
 * :data:`OnStream` — an orchestrator calls ``on_stream(stream)`` for every ``Stream`` it creates,
   before the stream starts, so that a subscriber that follows streams by id (the history
-  recorder's ``track``) sees every one of them from its first event.
+  recorder's ``track``) sees every one of them from its first event. A pipeline, whose stages
+  start one after another, also awaits what ``on_stream`` returns, if it is awaitable (the TUI
+  gets the stage's view ready).
 
 Orchestrators import core and providers, never a UI; events they make themselves (a stage that
 failed, a route that was picked) are :class:`~streamchat.core.events.Progress` events on the bus.
@@ -20,7 +22,7 @@ failed, a route that was picked) are :class:`~streamchat.core.events.Progress` e
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ..core.bus import EventBus
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["Run", "OnStream"]
 
 #: called with each Stream an orchestrator creates, before it starts
-OnStream = Callable[["Stream"], None]
+OnStream = Callable[["Stream"], Any]
 
 
 @runtime_checkable

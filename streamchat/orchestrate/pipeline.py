@@ -63,6 +63,7 @@ answers). With none of them it is the draft alone, and a Progress event says so.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import os
@@ -399,6 +400,10 @@ class PipelineRun:
     of the stage running now (after the run: of the last one that ran). ``streams``: every stage's
     Stream so far, in order.
 
+    ``providers`` (model id → provider) lends the run providers to use instead of making its own
+    (the app's, already warmed); they stay open after :meth:`aclose`. ``on_stream`` may return an
+    awaitable: the stage's stream starts once it is done.
+
     ``prewarm`` — how the stages' models are warmed when the run starts:
 
     * ``"staged"`` (default, also ``True``): the first stage's model at once; every later stage's,
@@ -416,7 +421,8 @@ class PipelineRun:
 
     def __init__(self, pipeline: Pipeline, request: ChatRequest, *, bus: EventBus | None = None,
                  timeouts: "Timeouts | None" = None, on_stream: "OnStream | None" = None,
-                 lane: str | None = None, prewarm: bool | str = "staged") -> None:
+                 lane: str | None = None, prewarm: bool | str = "staged",
+                 providers: "Mapping[str, Provider] | None" = None) -> None:
         from ..providers.base import Timeouts
 
         if not pipeline.stages:
@@ -444,7 +450,10 @@ class PipelineRun:
         self.warm_seconds: dict[str, float] = {}
         #: stage name → why its warm-up failed (only logged otherwise)
         self.warm_errors: dict[str, str] = {}
-        self._providers: dict[str, "Provider"] = {}
+        #: model id → provider; ``providers`` given by the caller (a front end that already warmed
+        #: them) are used as they are and left open by :meth:`aclose`
+        self._providers: dict[str, "Provider"] = dict(providers or {})
+        self._borrowed = frozenset(self._providers)
         self._warming: dict[str, asyncio.Task] = {}  # by model id: stages of one model share it
         self._live: Stream | None = None
         self._paused = False
@@ -619,7 +628,9 @@ class PipelineRun:
                         timeouts=self._stage_timeouts(stage), lane=self.lane, stage=stage.name)
         self.streams.append(stream)
         if self.on_stream is not None:
-            self.on_stream(stream)
+            ready = self.on_stream(stream)
+            if inspect.isawaitable(ready):  # a front end getting its view ready for the stream
+                await ready
         if self._paused:
             stream.pause()
         self._live = stream
@@ -691,7 +702,8 @@ class PipelineRun:
         for task in self._warming.values():
             if not task.done():
                 task.cancel()
-        providers, self._providers = list(self._providers.values()), {}
+        providers = [p for model, p in self._providers.items() if model not in self._borrowed]
+        self._providers = {}
         for provider in providers:
             try:
                 await provider.aclose()

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from ..config import Settings
     from ..history import HistoryRecorder, HistoryStore
+    from ..orchestrate.pipeline import Pipeline
     from ..providers.base import Provider
     from ..theming import Theme
 
@@ -80,6 +81,7 @@ class StreamchatApp(App):
         store: "HistoryStore | None" = None,
         history_problem: str | None = None,
         freeze_gc: bool = True,
+        pipeline: "Pipeline | None" = None,
     ) -> None:
         super().__init__()
         if not providers:
@@ -97,6 +99,8 @@ class StreamchatApp(App):
         self.history_problem = history_problem
         self.recorder: "HistoryRecorder | None" = None
         self.freeze_gc = freeze_gc
+        #: answer in stages (``--pipeline``): one lane per stage, ``providers[i]`` is stage i's model
+        self.pipeline = pipeline
         self.warm_status = "warming up…"
         self.warmed = asyncio.Event()
         self._warming: dict[int, asyncio.Future] = {}  # id(provider) → its warm-up
@@ -107,6 +111,13 @@ class StreamchatApp(App):
         theme = textual_theme(palette)
         self.register_theme(theme)
         self.theme = theme.name
+
+    def lane_label(self, lane: int) -> str:
+        """What a lane is called on screen: its model, or (a pipeline) its stage and model."""
+        model = self.providers[lane].model_id
+        if self.pipeline is not None:
+            return f"{self.pipeline.stages[lane].name} · {model}"
+        return model
 
     @property
     def chat(self) -> ChatScreen:
@@ -220,6 +231,12 @@ class StreamchatApp(App):
         old = self.providers[lane]
         self._retired.append(old)
         self.providers[lane] = provider
+        if self.pipeline is not None:  # the stage of this lane answers with the new model
+            from dataclasses import replace
+
+            stages = list(self.pipeline.stages)
+            stages[lane] = replace(stages[lane], model=model_id)
+            self.pipeline = replace(self.pipeline, stages=tuple(stages))
         self._start_warming(provider)
         self.reason = None
         chat.models_changed()
@@ -237,6 +254,7 @@ class StreamchatApp(App):
             return False
         self._retired.extend(self.providers)
         self.providers[:] = providers
+        self.pipeline = None  # the lanes are the conversation's models now, not a pipeline's stages
         for provider in providers:
             self._start_warming(provider)
         self.reason = None
@@ -302,14 +320,19 @@ def make_app(
     store: "HistoryStore | None" = None,
     history_problem: str | None = None,
     freeze_gc: bool = True,
+    pipeline: "Pipeline | None" = None,
 ) -> StreamchatApp:
     """The app for ``models`` (``provider:model`` ids; two or more are compared side by side),
     recording into ``store`` (none: no history is kept; ``history_problem`` says why, if it is
-    because the history could not be opened).
+    because the history could not be opened). With a ``pipeline``, every question is answered in
+    its stages, one lane per stage (``models`` is then ignored).
 
     Raises :class:`~streamchat.core.errors.ConfigError` for a bad model id or theme, before any
     window opens."""
+    if pipeline is not None:
+        models = [stage.model for stage in pipeline.stages]
     providers = [create_provider(model, timeouts=settings.timeouts) for model in models]
     palette = load_theme(settings.theme)
     return StreamchatApp(settings, providers, system=system, reason=reason, palette=palette,
-                         store=store, history_problem=history_problem, freeze_gc=freeze_gc)
+                         store=store, history_problem=history_problem, freeze_gc=freeze_gc,
+                         pipeline=pipeline)

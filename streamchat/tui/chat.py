@@ -43,13 +43,14 @@ from ..core.events import (
     Token,
 )
 from ..core.errors import StreamchatError, error_of_kind
-from ..core.request import ChatRequest
+from ..core.request import ChatRequest, Message
 from ..core.stream import Stream, continue_stream
 from .conversation import Answer, Conversation, Turn
 from .widgets import LaneStats, StatusBar
 
 if TYPE_CHECKING:
     from ..history import StoredMessage
+    from ..orchestrate.pipeline import PipelineRun
     from .answer import AnswerView, TurnView
     from .app import StreamchatApp
 
@@ -174,6 +175,8 @@ class ChatScreen(Screen):
         self._live: dict[str, tuple[Answer, AnswerView]] = {}
         self._views: dict[int, TurnView] = {}  # id(Turn) → its view
         self.token_view = False
+        #: the pipeline answering the last prompt (``--pipeline``), if any
+        self._pipeline_run: PipelineRun | None = None
         self._subscription = None
         self.frames = 0  # batches rendered (for tests and measurements)
 
@@ -189,7 +192,7 @@ class ChatScreen(Screen):
             yield Static(WELCOME, id="welcome", markup=False)
         with Horizontal(id="lanes-stats"):
             for i, provider in enumerate(app.providers):
-                yield LaneStats(provider.model_id, id=f"stats-{i}")
+                yield LaneStats(provider.model_id, id=f"stats-{i}", title=app.lane_label(i))
         yield Input(placeholder="Ask something…  (Enter sends)", id="prompt")
         yield Footer()
 
@@ -231,13 +234,22 @@ class ChatScreen(Screen):
 
     @property
     def streaming(self) -> bool:
-        return any(answer.live for answer, _ in self._live.values())
+        return self._live_pipeline is not None or any(answer.live for answer, _ in self._live.values())
+
+    @property
+    def _live_pipeline(self) -> "PipelineRun | None":
+        """The pipeline run while it runs (between two stages no answer is live, but it is)."""
+        run = self._pipeline_run
+        return run if run is not None and not run.done else None
 
     def live_answers(self) -> list[tuple[Answer, AnswerView]]:
         return [(a, v) for a, v in self._live.values() if a.live]
 
     @property
     def paused(self) -> bool:
+        run = self._live_pipeline
+        if run is not None:
+            return run.state == "paused"
         live = self.live_answers()
         return bool(live) and all(a.stream is not None and a.stream.state == "paused" for a, _ in live)
 
@@ -250,7 +262,11 @@ class ChatScreen(Screen):
 
     def show_status(self, right: str | Content | None = None) -> None:
         app = self.chat_app
-        models = " │ ".join(p.model_id for p in app.providers)
+        if app.pipeline is not None:
+            models = f"pipeline {app.pipeline.name}: " + " → ".join(
+                f"{stage.name} ({p.model_id})" for stage, p in zip(app.pipeline.stages, app.providers))
+        else:
+            models = " │ ".join(p.model_id for p in app.providers)
         left = Content.from_markup("[b]streamchat[/b] · $models", models=models)
         if app.reason:
             left += Content.from_markup("  ($reason)", reason=app.reason)
@@ -296,8 +312,9 @@ class ChatScreen(Screen):
         """Events and the history name lanes "1", "2"… when there are several (None for one)."""
         return str(lane + 1) if len(self.chat_app.providers) > 1 else None
 
-    async def _start(self, answer: Answer, view: AnswerView, stream: Stream, *, fresh: bool) -> None:
-        """Make ``stream`` write into ``view`` and run it in a worker."""
+    async def _start(self, answer: Answer, view: AnswerView, stream: Stream, *, fresh: bool,
+                     run: bool = True) -> None:
+        """Make ``stream`` write into ``view`` and (unless a pipeline runs it) run it in a worker."""
         answer.stream = stream
         answer.state = "pending"
         answer.error = None
@@ -306,8 +323,9 @@ class ChatScreen(Screen):
         await view.begin(stream.id, fresh=fresh)
         self.lane_stats(answer.lane).begin(stream, fresh=fresh)
         await self._record(answer, stream, fresh=fresh)
-        self.run_worker(self._run_stream(answer, view, stream), name=f"stream-{stream.id}",
-                        group=f"lane-{answer.lane}", exit_on_error=False)
+        if run:
+            self.run_worker(self._run_stream(answer, view, stream), name=f"stream-{stream.id}",
+                            group=f"lane-{answer.lane}", exit_on_error=False)
 
     async def _record(self, answer: Answer, stream: Stream, *, fresh: bool) -> None:
         """Have the history record ``stream``: a new answer, or more of the answer it continues."""
@@ -384,7 +402,7 @@ class ChatScreen(Screen):
         self._record_prompt(prompt)
         from .answer import TurnView  # (Markdown is imported with the first answer, not at start-up)
 
-        view = TurnView(prompt, [p.model_id for p in app.providers], app.palette)
+        view = TurnView(prompt, [app.lane_label(i) for i in range(len(app.providers))], app.palette)
         self._views[id(turn)] = view
         welcome = self.query("#welcome")
         if welcome:
@@ -392,8 +410,59 @@ class ChatScreen(Screen):
         await self.scroller.mount(view)
         for answer, answer_view in zip(turn.answers, view.answers, strict=True):
             answer_view.show_tokens(self.token_view)
-            await self._start(answer, answer_view, self._new_stream(answer), fresh=True)
+            if app.pipeline is None:
+                await self._start(answer, answer_view, self._new_stream(answer), fresh=True)
+        if app.pipeline is not None:
+            self._start_pipeline(turn, view)
         self._streaming_started()
+
+    # ------------------------------------------------------------------ a pipeline (--pipeline)
+    def _start_pipeline(self, turn: Turn, view: TurnView) -> None:
+        """Answer ``turn`` in the pipeline's stages: stage i writes into lane i when it starts (the
+        pipeline runs the streams; keys act on the run, so a stopped stage is the last one)."""
+        from ..orchestrate.pipeline import PipelineRun
+
+        app = self.chat_app
+        pipeline = app.pipeline
+        assert pipeline is not None and self.conversation is not None
+        names = [stage.name for stage in pipeline.stages]
+        request = self._request_base(0).with_messages(
+            self.conversation.best_context(len(self.conversation.turns) - 1) + (Message("user", turn.prompt),))
+
+        async def attach(stream: Stream) -> None:  # before the stage's stream starts
+            lane = names.index(stream.stage) if stream.stage in names else 0
+            answer = turn.answers[lane]
+            answer.request = stream.request  # the stage's own request (with the earlier stage's answer)
+            await self._start(answer, view.answers[lane], stream, fresh=True, run=False)
+
+        run = PipelineRun(pipeline, request, bus=app.bus, timeouts=app.settings.timeouts, on_stream=attach,
+                          providers={p.model_id: p for p in app.providers})
+        self._pipeline_run = run
+        for lane, answer_view in enumerate(view.answers[1:], 1):
+            answer_view.set_state("waiting", f"after {names[lane - 1]}")
+        self.run_worker(self._drive_pipeline(turn, view, run), name=f"pipeline-{run.id}", group="pipeline",
+                        exit_on_error=False)
+
+    async def _drive_pipeline(self, turn: Turn, view: TurnView, run: "PipelineRun") -> None:
+        try:
+            await run.run()  # never raises a StreamchatError: stage failures are Progress events
+        finally:
+            await run.aclose()  # (the app's providers it borrowed stay open)
+            if self._pipeline_run is run:  # not replaced by a regenerate or a new conversation
+                for answer, answer_view in zip(turn.answers, view.answers, strict=True):
+                    if answer.stream is None:  # a stage that never ran (an earlier one was stopped)
+                        answer.state = "skipped"
+                        self._set_state(answer, answer_view, "idle", "not run")
+                if not self.streaming:
+                    self._all_done()
+
+    def _pipeline_progress(self, event: Progress) -> None:
+        """The pipeline's own messages (a stage starts, fails, which stage answered) in the status
+        bar; a failed stage also as a notice."""
+        message = event.message
+        if message.startswith("⚠"):
+            self.notify(message, severity="warning", timeout=6)
+        self.show_status(message)
 
     # ------------------------------------------------------------------ the bus → the view
     #: the frame interval now (seconds; see _consume), for measurements
@@ -481,6 +550,9 @@ class ChatScreen(Screen):
         for event in batch:
             pair = live.get(event.stream_id)
             if pair is None:  # a stream whose view is gone (new conversation, regenerated)
+                run = self._pipeline_run
+                if type(event) is Progress and run is not None and event.stream_id == run.id:
+                    self._pipeline_progress(event)
                 continue
             answer, view = pair
             if view.stream_id != event.stream_id:
@@ -575,6 +647,9 @@ class ChatScreen(Screen):
         return True
 
     def action_pause(self) -> None:
+        run = self._live_pipeline
+        if run is not None:
+            run.pause()  # the live stage, and a stage that starts meanwhile starts paused
         for answer, view in self.live_answers():
             assert answer.stream is not None
             if answer.stream.pause():  # shown at once, not when the Paused event comes round
@@ -583,6 +658,9 @@ class ChatScreen(Screen):
         self.refresh_bindings()
 
     def action_resume(self) -> None:
+        run = self._live_pipeline
+        if run is not None:
+            run.resume()
         for answer, view in self.live_answers():
             assert answer.stream is not None
             if answer.stream.resume():
@@ -591,10 +669,14 @@ class ChatScreen(Screen):
         self.refresh_bindings()
 
     def action_stop(self) -> None:
-        """Cancel every live lane; each keeps its partial answer (marked cut off)."""
+        """Cancel every live lane; each keeps its partial answer (marked cut off). A pipeline
+        starts no further stage."""
+        run = self._live_pipeline
+        if run is not None:
+            run.cancel()  # cancels its live stage too
         for answer, view in self.live_answers():
             assert answer.stream is not None
-            if answer.stream.cancel():
+            if answer.stream.cancel() or run is not None:
                 self._set_state(answer, view, "stopping")
 
     def action_interrupt(self) -> None:
@@ -645,11 +727,22 @@ class ChatScreen(Screen):
         if turn is None:
             return
         view = self.turn_view(turn)
+        pipeline = self.chat_app.pipeline
+        if self._pipeline_run is not None:
+            self._pipeline_run.cancel()
         for answer, answer_view in zip(turn.answers, view.answers, strict=True):
             if answer.live and answer.stream is not None:
                 answer.stream.cancel()
             answer.text = ""
-            await self._start(answer, answer_view, self._new_stream(answer), fresh=True)
+            if pipeline is None:
+                await self._start(answer, answer_view, self._new_stream(answer), fresh=True)
+            else:  # every stage again: the views empty until their stage starts
+                answer.stream, answer.state, answer.error = None, "pending", None
+                self._live = {sid: pair for sid, pair in self._live.items() if pair[1] is not answer_view}
+                await answer_view.begin("", fresh=True)
+                self.lane_stats(answer.lane).reset()
+        if pipeline is not None:
+            self._start_pipeline(turn, view)
         self._streaming_started()
 
     def action_show_tokens(self) -> None:
@@ -667,6 +760,9 @@ class ChatScreen(Screen):
 
     async def action_new_conversation(self) -> None:
         """Cancel what streams, forget every turn, clear the view."""
+        run, self._pipeline_run = self._pipeline_run, None
+        if run is not None:
+            run.cancel()
         for answer, view in list(self._live.values()):
             if answer.live and answer.stream is not None:
                 answer.stream.cancel()
@@ -694,7 +790,7 @@ class ChatScreen(Screen):
             stats = self.lane_stats(lane)
             if stats.model_id != provider.model_id:
                 stats.model_id = provider.model_id
-                stats.border_title = provider.model_id
+                stats.title = stats.border_title = self.chat_app.lane_label(lane)
                 stats.reset()
         self.show_status()
 
@@ -808,11 +904,15 @@ class ChatScreen(Screen):
         app = self.chat_app
         row = self.query_one("#lanes-stats", Horizontal)
         await row.remove_children()
-        await row.mount_all([LaneStats(p.model_id, id=f"stats-{i}") for i, p in enumerate(app.providers)])
+        await row.mount_all([LaneStats(p.model_id, id=f"stats-{i}", title=app.lane_label(i))
+                             for i, p in enumerate(app.providers)])
         self.conversation = Conversation(len(app.providers))
         self.show_status()
 
     def cancel_all(self) -> None:
+        run = self._live_pipeline
+        if run is not None:
+            run.cancel()
         for answer, _ in self.live_answers():
             if answer.stream is not None:
                 answer.stream.cancel()

@@ -36,7 +36,7 @@ class Answer:
     request: ChatRequest
     stream: "Stream | None" = None
     text: str = ""
-    state: str = "pending"  # pending | active | paused | completed | cancelled | failed
+    state: str = "pending"  # pending | active | paused | completed | cancelled | failed | skipped
     error: "StreamchatError | None" = None
     finish_reason: str | None = None
     #: the answer's message in the history: its id, or a future of it while the recorder starts it
@@ -88,6 +88,19 @@ class Conversation:
         for turn in self.turns[:upto]:
             answer = turn.answers[lane]
             text = answer.text.rstrip()
+            if text:
+                messages.append(Message("user", turn.prompt))
+                messages.append(Message("assistant", text))
+        return tuple(messages)
+
+    def best_context(self, upto: int | None = None) -> tuple[Message, ...]:
+        """The earlier turns (before index ``upto``) with one answer each — the last lane's that
+        completed, else the longest — as a pipeline's stages answer one question together."""
+        messages: list[Message] = []
+        for turn in self.turns[:upto]:
+            done = [a for a in turn.answers if a.state == "completed" and a.text.strip()]
+            texts = [a.text for a in done] or sorted((a.text for a in turn.answers), key=len)
+            text = texts[-1].rstrip() if texts else ""
             if text:
                 messages.append(Message("user", turn.prompt))
                 messages.append(Message("assistant", text))

@@ -107,9 +107,10 @@ class LaneStats(Vertical):
     #: samples kept for the sparkline (at 4 a second: the last 30 s)
     SAMPLES = 120
 
-    def __init__(self, model_id: str, *, id: str | None = None) -> None:
+    def __init__(self, model_id: str, *, id: str | None = None, title: str | None = None) -> None:
         super().__init__(id=id)
         self.model_id = model_id
+        self.title = title or model_id  # the border's title (a pipeline's lane: stage · model)
         self.sparkline = Sparkline([], summary_function=max)
         self.figures = Static("no answer yet", classes="stats--figures", markup=False)
         self.stream: Stream | None = None
@@ -124,7 +125,7 @@ class LaneStats(Vertical):
         yield self.figures
 
     def on_mount(self) -> None:
-        self.border_title = self.model_id
+        self.border_title = self.title
         self.set_state("idle")
 
     def set_state(self, state: str, detail: str = "") -> None:
