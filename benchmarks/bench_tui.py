@@ -207,9 +207,9 @@ def app_child(argv: list[str]) -> None:
 
     app_module.StreamchatApp.on_mount = on_mount
 
-    from streamchat.tui import widgets as widgets_module
+    from streamchat.tui import answer as answer_module
 
-    original_finish = widgets_module.AnswerView.finish
+    original_finish = answer_module.AnswerView.finish
 
     async def finish(self: Any, *args: Any, **kwargs: Any) -> Any:  # the answer view's last update
         note("finish_start")
@@ -218,7 +218,7 @@ def app_child(argv: list[str]) -> None:
         finally:
             note("finish_end")
 
-    widgets_module.AnswerView.finish = finish
+    answer_module.AnswerView.finish = finish
 
     for name in ("action_pause", "action_resume"):
         original = getattr(chat_module.ChatScreen, name)
@@ -726,7 +726,8 @@ def print_report(res: dict[str, Any]) -> None:
     print("targets missed: " + ("; ".join(missed) if missed else "none"))
 
 
-CODE_FILES = ("streamchat/tui/app.py", "streamchat/tui/chat.py", "streamchat/tui/widgets.py")
+CODE_FILES = ("streamchat/tui/app.py", "streamchat/tui/chat.py", "streamchat/tui/widgets.py", "streamchat/tui/answer.py",
+              "streamchat/core/stream.py")
 
 
 def main(argv: list[str] | None = None) -> int:

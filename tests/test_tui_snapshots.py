@@ -100,3 +100,12 @@ def test_history_screen(snap_compare, server):
     2026-11-02, newest first, each with how its last answer ended (✓, ⏹ cut off, ✖ failed), its
     model and its message count; the footer offers esc back to the chat and ctrl+s stats."""
     assert snapshot(snap_compare, server, SCENES["history"])
+
+
+def test_pipeline_stages_in_lanes(snap_compare, server):
+    """You should see "pipeline careful: draft → refine" and the confidence legend in the status
+    bar, then two lanes: "draft · ollama:normal ✓ done" with the wire server's short answer starting
+    with the draft marker ✏️, and "refine · openai:slow ● streaming" with 40 words starting with the
+    refine marker ✨ — both as tokens (key t) coloured by their confidence (one event per token:
+    exact); one stats box per stage. (Anthropic merges bursts, so its token spans would vary.)"""
+    assert snapshot(snap_compare, server, SCENES["pipeline"])

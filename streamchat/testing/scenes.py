@@ -13,6 +13,8 @@ error          an Anthropic answer that failed mid-way: the partial stays, the e
                do next are shown under it
 palette        the command palette (``ctrl+p``) over a finished answer
 history        the history screen (``ctrl+o``) over a history seeded with fixed conversations
+pipeline       ``--pipeline``: the draft stage done in its lane, the refine stage mid-stream in the
+               next, as tokens marked and coloured by stage and confidence (``t``)
 ============== =================================================================================
 
 Where the answer is, exactly, is part of the state: a scene never relies on timing for it.
@@ -189,6 +191,8 @@ class Scene:
     size: tuple[int, int] = SIZE
     #: fills the history first (the app then keeps one, in ``STREAMCHAT_HOME``); None: no history
     seed: Callable[[HistoryStore], None] | None = None
+    #: the app answers in these stages (a ``[pipelines.NAME]`` table's ``stages``), one lane each
+    stages: tuple[Mapping[str, Any], ...] = ()
 
     def app(self, settings: Settings | None = None) -> StreamchatApp:
         """The real app for this scene (default settings: no config file is read)."""
@@ -201,8 +205,14 @@ class Scene:
 
             store = HistoryStore()
             self.seed(store)
-        return make_app(settings or Settings(), list(self.models), reason="given with --model",
-                        store=store, freeze_gc=False)
+        pipeline = None
+        if self.stages:
+            from ..orchestrate.pipeline import parse_pipeline
+
+            pipeline = parse_pipeline("careful", {"stages": [dict(stage) for stage in self.stages]}, "scene")
+        return make_app(settings or Settings(), list(self.models),
+                        reason=None if pipeline is not None else "given with --model",
+                        store=store, freeze_gc=False, pipeline=pipeline)
 
     @contextlib.contextmanager
     def tuned(self, server: WireServer) -> Iterator[WireServer]:
@@ -227,7 +237,8 @@ class Scene:
 
 def _held(scene: Scene, view: AnswerView) -> bool:
     """The lane of ``view`` shows exactly the tokens its hold lets through."""
-    return len(view.pieces) == scene.hold[view.model_id] and shown(view)
+    model = view.model_id.rpartition(" · ")[2]  # (a pipeline's lane is called "stage · model")
+    return len(view.pieces) == scene.hold[model] and shown(view)
 
 
 async def _confidence(pilot: Pilot, scene: Scene) -> None:
@@ -281,6 +292,15 @@ async def _palette(pilot: Pilot, scene: Scene) -> None:
                 and not palette._show_busy)  # (its loading indicator is off)
 
     await until(pilot, ready, "the command palette")
+
+
+async def _pipeline(pilot: Pilot, scene: Scene) -> None:
+    await ask(pilot, "Why is the sky blue?")
+    draft, refine = answers(pilot)
+    await until(pilot, lambda: draft.state == "done" and _held(scene, refine) and refine.state == "streaming",
+                "the refine stage's held tokens")
+    await press(pilot, "t")
+    await until(pilot, lambda: refine.has_class("-tokens") and draft.has_class("-tokens"), "the token view")
 
 
 #: 2026-11-02 12:00 UTC: fixed times in the past, shown as a date in any time zone
@@ -338,6 +358,10 @@ SCENES: dict[str, Scene] = {scene.name: scene for scene in (
           seed=lambda store: None),  # (with a history, as people run it: its commands are listed)
     Scene("history", "the history (ctrl+o): enter reopens a conversation, c continues a cut-off answer",
           ("openai:normal",), _history, seed=_seed_history),
+    Scene("pipeline", "--pipeline: a fast draft done, the refine stage streaming next to it (t: by stage)",
+          (), _pipeline, hold={"openai:slow": 40}, wire={"slow_rate": 50, "slow_tokens": 48},
+          stages=({"name": "draft", "model": "ollama:normal", "confidence": 0.4},
+                  {"name": "refine", "model": "openai:slow", "type": "refine"})),
 )}
 
 

@@ -263,8 +263,8 @@ class ChatScreen(Screen):
     def show_status(self, right: str | Content | None = None) -> None:
         app = self.chat_app
         if app.pipeline is not None:
-            models = f"pipeline {app.pipeline.name}: " + " → ".join(
-                f"{stage.name} ({p.model_id})" for stage, p in zip(app.pipeline.stages, app.providers))
+            # (each lane's header and stats box say the stage's model)
+            models = f"pipeline {app.pipeline.name}: " + " → ".join(stage.name for stage in app.pipeline.stages)
         else:
             models = " │ ".join(p.model_id for p in app.providers)
         left = Content.from_markup("[b]streamchat[/b] · $models", models=models)
