@@ -8,8 +8,6 @@ skips it). ``--continue`` / ``--conversation ID`` send the conversation's earlie
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 from dataclasses import dataclass, replace
 from typing import IO, TYPE_CHECKING
@@ -21,6 +19,7 @@ from ..core.events import Token
 from ..core.request import ChatRequest, Message
 from ..core.stream import Stream, continue_stream
 from ..providers import create_provider
+from ._signals import sigint_calls
 from .output import NdjsonPrinter, TextPrinter
 
 if TYPE_CHECKING:
@@ -184,18 +183,10 @@ async def _ask(prompt: str | None, store: "HistoryStore | None", *, settings: Se
             writer.on_event(Token(stream_id=stream.id, text=partial, index=0))
     bus.register(writer)
 
-    loop = asyncio.get_running_loop()
     try:
-        loop.add_signal_handler(signal.SIGINT, stream.cancel)
-    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
-        pass
-    try:
-        await stream.run()
+        with sigint_calls(stream.cancel):  # Ctrl+C stops the answer, keeping its partial
+            await stream.run()
     finally:
-        try:
-            loop.remove_signal_handler(signal.SIGINT)
-        except (NotImplementedError, RuntimeError):
-            pass
         await provider.aclose()
         if recorder is not None:
             await recorder.aclose()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any, Callable
 
@@ -34,6 +33,7 @@ from ..core.text import neutralise
 from ..orchestrate.compare import Compare, Comparison, Lane, LaneResult, check_strategy
 from ..orchestrate.cost import format_cost
 from .ask import EXIT_BROKEN_PIPE, EXIT_CANCELLED, _quiet_stdout
+from ._signals import sigint_calls
 from .output import NdjsonPrinter, _Writer
 
 if TYPE_CHECKING:
@@ -111,21 +111,13 @@ async def _run(compare: Compare, recorder: "HistoryRecorder | None", *, json_mod
         writer = PipePrinter(compare, out, on_closed=compare.cancel)
         compare.bus.register(writer)
 
-    loop = asyncio.get_running_loop()
     try:
-        loop.add_signal_handler(signal.SIGINT, compare.cancel)
-    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
-        pass
-    try:
-        if view is not None:
-            await view.run()
-        else:
-            await compare.run()
+        with sigint_calls(compare.cancel):  # Ctrl+C stops every lane, keeping the partials
+            if view is not None:
+                await view.run()
+            else:
+                await compare.run()
     finally:
-        try:
-            loop.remove_signal_handler(signal.SIGINT)
-        except (NotImplementedError, RuntimeError):
-            pass
         if recorder is not None:
             await recorder.aclose()
 

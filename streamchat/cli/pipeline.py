@@ -22,8 +22,6 @@ code is 0 when some stage produced an answer.
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any, Callable
 
@@ -34,6 +32,7 @@ from ..core.request import ChatRequest, Message
 from ..core.text import neutralise
 from ..orchestrate.pipeline import STAGE_START, Pipeline, PipelineRun, load_pipeline
 from .ask import EXIT_BROKEN_PIPE, EXIT_CANCELLED, _plan_turn, _quiet_stdout
+from ._signals import sigint_calls
 from .output import NdjsonPrinter, TextPrinter
 
 if TYPE_CHECKING:
@@ -168,18 +167,10 @@ async def run_pipeline_ask(
             writer = FinalPrinter(out, err, pipe.stages[-1].name, on_closed=run.cancel)
     bus.register(writer)
 
-    loop = asyncio.get_running_loop()
     try:
-        loop.add_signal_handler(signal.SIGINT, run.cancel)
-    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
-        pass
-    try:
-        await run.run()
+        with sigint_calls(run.cancel):  # Ctrl+C stops the answer, keeping its partial
+            await run.run()
     finally:
-        try:
-            loop.remove_signal_handler(signal.SIGINT)
-        except (NotImplementedError, RuntimeError):
-            pass
         await run.aclose()
         if recorder is not None:
             await recorder.aclose()

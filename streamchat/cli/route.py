@@ -15,9 +15,7 @@ stderr between them), and when stdout is a pipe or a file only the accepted answ
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any
 
@@ -26,6 +24,7 @@ from ..core.bus import EventBus
 from ..core.events import Event, Progress
 from ..core.request import ChatRequest, Message
 from .ask import EXIT_BROKEN_PIPE, EXIT_CANCELLED, _plan_turn, _quiet_stdout
+from ._signals import sigint_calls
 from .output import NdjsonPrinter, TextPrinter, _Writer
 
 if TYPE_CHECKING:
@@ -109,18 +108,10 @@ async def run_routed_ask(prompt: str | None, store: "HistoryStore | None", *, se
             bus.register(text)
         bus.register(_ProgressPrinter(err, text))
 
-    loop = asyncio.get_running_loop()
     try:
-        loop.add_signal_handler(signal.SIGINT, run.cancel)
-    except (NotImplementedError, RuntimeError):
-        pass
-    try:
-        await run.run()
+        with sigint_calls(run.cancel):  # Ctrl+C stops the answer, keeping its partial
+            await run.run()
     finally:
-        try:
-            loop.remove_signal_handler(signal.SIGINT)
-        except (NotImplementedError, RuntimeError):
-            pass
         await run.aclose()
         if recorder is not None:
             await recorder.aclose()
