@@ -431,3 +431,35 @@ def test_the_tui_imports_no_sdk():
             "print(sorted(m for m in ('anthropic', 'openai', 'ollama', 'llama_cpp') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_digit_makes_the_keys_act_on_one_lane(server):
+    """With lanes, 2 makes space/esc/c act on lane 2 alone (its stats box is marked); 2 again gives
+    them back to every lane. A digit typed into the prompt stays text."""
+    server.slow_rate, server.slow_tokens = 40, 200
+    app = app_for("openai:slow", "ollama:slow")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = chat(app)
+        await ask(pilot, "hi 2")
+        left, right = answers(app)
+        await until(pilot, lambda: len(left.pieces) >= 2 and len(right.pieces) >= 2, timeout=20,
+                    what="both lanes")
+        assert [r.body["messages"][-1]["content"] for r in server.requests] == ["hi 2", "hi 2"]
+        await press(pilot, "2")
+        await until(pilot, lambda: screen.selected_lane == 1, what="lane 2 selected")
+        assert screen.lane_stats(1).has_class("-selected") and not screen.lane_stats(0).has_class("-selected")
+        await press(pilot, "space")
+        await until(pilot, lambda: right.state == "paused", timeout=2, what="lane 2 paused")
+        held = len(left.pieces)
+        await until(pilot, lambda: len(left.pieces) > held + 2, what="lane 1 streaming on")
+        assert left.state == "streaming" and right.state == "paused"
+        await press(pilot, "escape")
+        await until(pilot, lambda: right.state == "cancelled", what="lane 2 stopped")
+        assert left.state == "streaming"
+        await press(pilot, "2")  # every lane again
+        await until(pilot, lambda: screen.selected_lane is None, what="every lane")
+        await press(pilot, "escape")
+        await until(pilot, lambda: left.state == "cancelled", what="lane 1 stopped")
+        await press(pilot, "c")  # continues both cut lanes
+        await until(pilot, lambda: left.state in ("waiting", "streaming", "done")
+                    and right.state in ("waiting", "streaming", "done"), what="both continued")

@@ -166,6 +166,8 @@ class ChatScreen(Screen):
         Binding("enter,i", "write", "Ask", key_display="enter"),
         Binding("ctrl+n", "new_conversation", "New chat", priority=True),
         Binding("ctrl+o", "history", "History"),
+        # 1–9: the single keys act on that lane alone (the same digit again: on every lane)
+        *(Binding(str(n), f"select_lane({n - 1})", f"Lane {n}", show=False) for n in range(1, 10)),
     ]
 
     def __init__(self) -> None:
@@ -177,6 +179,8 @@ class ChatScreen(Screen):
         self.token_view = False
         #: the pipeline answering the last prompt (``--pipeline``), if any
         self._pipeline_run: PipelineRun | None = None
+        #: the lane the single keys act on (1–9 select it); None: every lane
+        self.selected_lane: int | None = None
         self._subscription = None
         self.frames = 0  # batches rendered (for tests and measurements)
 
@@ -245,12 +249,17 @@ class ChatScreen(Screen):
     def live_answers(self) -> list[tuple[Answer, AnswerView]]:
         return [(a, v) for a, v in self._live.values() if a.live]
 
+    def _steered(self) -> list[tuple[Answer, AnswerView]]:
+        """The live answers the single keys act on: every lane's, or the selected lane's."""
+        lane = self.selected_lane
+        return [(a, v) for a, v in self.live_answers() if lane is None or a.lane == lane]
+
     @property
     def paused(self) -> bool:
         run = self._live_pipeline
         if run is not None:
             return run.state == "paused"
-        live = self.live_answers()
+        live = self._steered()
         return bool(live) and all(a.stream is not None and a.stream.state == "paused" for a, _ in live)
 
     def _cut_answers(self) -> list[tuple[Answer, AnswerView]]:
@@ -258,7 +267,9 @@ class ChatScreen(Screen):
         if turn is None:
             return []
         view = self.turn_view(turn)
-        return [(a, v) for a, v in zip(turn.answers, view.answers, strict=True) if a.cut_off]
+        lane = self.selected_lane
+        return [(a, v) for a, v in zip(turn.answers, view.answers, strict=True)
+                if a.cut_off and (lane is None or a.lane == lane)]
 
     def show_status(self, right: str | Content | None = None) -> None:
         app = self.chat_app
@@ -270,6 +281,9 @@ class ChatScreen(Screen):
         left = Content.from_markup("[b]streamchat[/b] · $models", models=models)
         if app.reason:
             left += Content.from_markup("  ($reason)", reason=app.reason)
+        if self.selected_lane is not None:
+            n = self.selected_lane + 1
+            left += Content.from_markup("  [b]keys → lane $n[/b] ($n again: every lane)", n=str(n))
         if self.token_view:
             legend = Content("  confidence: ")
             for band in app.palette.bands:
@@ -626,10 +640,15 @@ class ChatScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         prompt_focused = self.focused is not None and self.focused is self.query_one("#prompt")
         streaming = self.streaming
+        steerable = self._live_pipeline is not None or bool(self._steered())
         if action == "pause":
-            return streaming and not self.paused and not prompt_focused
+            return steerable and not self.paused and not prompt_focused
         if action == "resume":
-            return streaming and self.paused and not prompt_focused
+            return steerable and self.paused and not prompt_focused
+        if action == "select_lane":
+            lanes = len(self.chat_app.providers)
+            return (not prompt_focused and self.chat_app.pipeline is None and lanes > 1
+                    and isinstance(parameters[0], int) and parameters[0] < lanes)
         if action == "stop":
             return streaming
         if action == "answer_keys":
@@ -650,7 +669,7 @@ class ChatScreen(Screen):
         run = self._live_pipeline
         if run is not None:
             run.pause()  # the live stage, and a stage that starts meanwhile starts paused
-        for answer, view in self.live_answers():
+        for answer, view in self._steered():
             assert answer.stream is not None
             if answer.stream.pause():  # shown at once, not when the Paused event comes round
                 answer.state = "paused"
@@ -661,7 +680,7 @@ class ChatScreen(Screen):
         run = self._live_pipeline
         if run is not None:
             run.resume()
-        for answer, view in self.live_answers():
+        for answer, view in self._steered():
             assert answer.stream is not None
             if answer.stream.resume():
                 answer.state = "active"
@@ -674,7 +693,7 @@ class ChatScreen(Screen):
         run = self._live_pipeline
         if run is not None:
             run.cancel()  # cancels its live stage too
-        for answer, view in self.live_answers():
+        for answer, view in self._steered():
             assert answer.stream is not None
             if answer.stream.cancel() or run is not None:
                 self._set_state(answer, view, "stopping")
@@ -692,6 +711,17 @@ class ChatScreen(Screen):
             self.action_copy_text()
             return
         self.notify("Nothing is streaming. ctrl+q quits.", timeout=2)
+
+    def action_select_lane(self, lane: int) -> None:
+        """The single keys act on ``lane`` alone from now on — or, selected again, on every lane."""
+        self.selected_lane = None if self.selected_lane == lane else lane
+        self._mark_selected_lane()
+        self.show_status()
+        self.refresh_bindings()
+
+    def _mark_selected_lane(self) -> None:
+        for i, stats in enumerate(self.query(LaneStats)):
+            stats.set_class(i == self.selected_lane, "-selected")
 
     def action_answer_keys(self) -> None:
         self.scroller.focus()
@@ -907,6 +937,7 @@ class ChatScreen(Screen):
         await row.mount_all([LaneStats(p.model_id, id=f"stats-{i}", title=app.lane_label(i))
                              for i, p in enumerate(app.providers)])
         self.conversation = Conversation(len(app.providers))
+        self.selected_lane = None
         self.show_status()
 
     def cancel_all(self) -> None:

@@ -88,6 +88,9 @@ class LaneStats(Vertical):
         border-title-color: $primary;
         border-title-style: bold;
     }
+    LaneStats.-selected {
+        border: round $accent;
+    }
     LaneStats > Sparkline {
         height: 1;
         margin: 0;
