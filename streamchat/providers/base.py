@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar, NoReturn
 
 from ..core.errors import AuthenticationError, StreamchatError
+from ..core.imports import IMPORT_LOCK
 from ..core.request import ChatRequest, Chunk, Message
 
 __all__ = ["Provider", "ProviderStatus", "Timeouts", "Opened"]
@@ -161,11 +162,14 @@ class Provider(ABC):
         """Import the SDK and make the client (raising AuthenticationError for a missing key).
 
         The stream controller calls this before its clocks start, so an SDK's import time (seconds
-        for some) never eats into a timeout or a retry budget."""
+        for some) never eats into a timeout or a retry budget. It runs in worker threads (warm-ups,
+        lanes starting together), so it imports under :data:`~streamchat.core.imports.IMPORT_LOCK`."""
         if self._client is None:
             if not self.has_key():
                 raise AuthenticationError(f"no API key for {self.name}: set {self.key_env}", provider=self.name)
-            self._client = self._make_client()
+            with IMPORT_LOCK:
+                if self._client is None:
+                    self._client = self._make_client()
 
     @property
     def prepared(self) -> bool:

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, ClassVar
 
 from ..core.errors import BadRequestError, ConfigError, ProviderError, StreamchatError
+from ..core.imports import IMPORT_LOCK
 from ..core.request import ChatRequest, Chunk, Message
 from .base import Provider, ProviderStatus, Timeouts
 
@@ -825,7 +826,8 @@ class LocalProvider(Provider):
         """Resolve and load the model (blocking; cached per process). Raises :class:`ConfigError`."""
         path = resolve_model_path(self.model)
         threads, n_ctx = self.settings()
-        _import_llama()
+        with IMPORT_LOCK:  # (see streamchat.core.imports)
+            _import_llama()
         self._loaded = loaded_model(path, threads, n_ctx)
         return self._loaded
 

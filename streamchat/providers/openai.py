@@ -36,6 +36,12 @@ class OpenAIProvider(Provider):
     def _make_client(self) -> Any:
         import openai
 
+        try:  # The SDK looks at sys.modules["httpx"] on every request (for legacy httpx clients): a
+            # half-imported httpx — another thread importing the ollama SDK just then — fails the
+            # request ("partially initialized module 'httpx'"). Imported here, it is whole first.
+            import httpx  # noqa: F401
+        except ImportError:
+            pass
         return openai.AsyncOpenAI(
             max_retries=0,  # the stream controller retries, visibly, for every provider alike
             timeout=openai.Timeout(None, connect=self.timeouts.connect),

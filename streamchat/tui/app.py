@@ -160,7 +160,7 @@ class StreamchatApp(App):
     async def _warm(self) -> None:
         """Pre-load every provider (SDK import and client, or the local model) off the loop, and
         the answer widgets (Textual's Markdown), which start-up leaves out."""
-        from importlib import import_module
+        from ..core.imports import import_module
 
         await asyncio.to_thread(import_module, f"{__package__}.answer")
         results = await asyncio.gather(*(self._warming[id(p)] for p in self.providers),
