@@ -41,6 +41,7 @@ Nothing here prints: ``streamchat bench`` (``cli/bench.py``) shows the progress 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -54,7 +55,7 @@ from ..history.stats import Distribution
 
 if TYPE_CHECKING:
     from ..core.request import ChatRequest
-    from ..providers.base import Timeouts
+    from ..providers.base import Provider, Timeouts
     from . import Run
     from .pipeline import Pipeline
     from .router import RouterConfig
@@ -98,31 +99,58 @@ def model_contestant(model_id: str, request: "ChatRequest", *, timeouts: "Timeou
     return Contestant(name or model_id, make, "model", warm=provider.warm, aclose=provider.aclose)
 
 
+def _pool(models: "list[str]", timeouts: "Timeouts | None") -> "dict[str, Provider]":
+    """One provider per model, shared by every run of a contestant — as a model contestant's is,
+    so that no contestant pays for a new connection per run where another does not."""
+    from ..providers import create_provider
+
+    return {model: create_provider(model, timeouts=timeouts) for model in dict.fromkeys(models)}
+
+
+def _pool_warm(pool: "dict[str, Provider]") -> Callable[[], Awaitable[Any]]:
+    async def warm() -> None:
+        await asyncio.gather(*(provider.warm() for provider in pool.values()))
+
+    return warm
+
+
+def _pool_close(pool: "dict[str, Provider]") -> Callable[[], Awaitable[Any]]:
+    async def aclose() -> None:
+        await asyncio.gather(*(provider.aclose() for provider in pool.values()), return_exceptions=True)
+
+    return aclose
+
+
 def pipeline_contestant(pipeline: "Pipeline", request: "ChatRequest", *, timeouts: "Timeouts | None" = None,
                         name: str | None = None) -> Contestant:
-    """A pipeline (``orchestrate.pipeline``): each run is a :class:`PipelineRun` — with its own
-    warm-up of the stages' models at start, as when a person asks through it."""
+    """A pipeline (``orchestrate.pipeline``): each run is a :class:`PipelineRun`, on the stages'
+    providers shared by all its runs (warmed before anything is timed)."""
     from .pipeline import PipelineRun
 
-    def make(bus: EventBus) -> "Run":
-        return PipelineRun(pipeline, request, bus=bus, timeouts=timeouts)
+    pool = _pool([stage.model for stage in pipeline.stages], timeouts)
 
-    return Contestant(name or f"pipeline:{pipeline.name}", make, "pipeline")
+    def make(bus: EventBus) -> "Run":
+        return PipelineRun(pipeline, request, bus=bus, timeouts=timeouts, providers=pool)
+
+    return Contestant(name or f"pipeline:{pipeline.name}", make, "pipeline", warm=_pool_warm(pool),
+                      aclose=_pool_close(pool))
 
 
 def route_contestant(config: "RouterConfig", request: "ChatRequest", *, timeouts: "Timeouts | None" = None,
                      name: str | None = None) -> Contestant:
-    """The router (``orchestrate.router``): each run is a :class:`RoutedRun`. Its routing cache is
-    its own, in memory, with the config's limits: a benchmark neither reads nor changes the
-    person's routes. The cold run fills it, so timed runs measure routing with a warm cache."""
+    """The router (``orchestrate.router``): each run is a :class:`RoutedRun`, on providers shared
+    by all its runs (every model it can route to, warmed first). Its routing cache is its own, in
+    memory, with the config's limits: a benchmark neither reads nor changes the person's routes.
+    The cold run fills it, so timed runs measure routing with a warm cache."""
     from .router import RoutedRun, open_cache
 
     cache = open_cache(config, persist=False)
+    pool = _pool(list(config.models), timeouts)
 
     def make(bus: EventBus) -> "Run":
-        return RoutedRun(request, config=config, cache=cache, bus=bus, timeouts=timeouts)
+        return RoutedRun(request, config=config, cache=cache, bus=bus, timeouts=timeouts, providers=pool)
 
-    return Contestant(name or "route", make, "route")
+    return Contestant(name or "route", make, "route", warm=_pool_warm(pool), aclose=_pool_close(pool))
 
 
 # ------------------------------------------------------------------------------------------------

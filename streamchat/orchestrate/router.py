@@ -498,13 +498,15 @@ class RoutedRun:
     answer being shown (the last stream); ``streams`` holds every stream made (a validation retry
     adds one), each passed to ``on_stream`` before it starts. ``model_id`` is the model chosen
     (after a retry, the better one), ``analysis`` the question's, ``cached`` whether the route
-    came from the cache. Providers are made here and closed by :meth:`aclose`.
+    came from the cache. Providers are made here and closed by :meth:`aclose` (unless lent with
+    ``providers``).
     """
 
     def __init__(self, request: "ChatRequest", *, config: RouterConfig, cache: RouteCache,
                  bus: EventBus | None = None, timeouts: "Timeouts | None" = None,
                  on_stream: "OnStream | None" = None, validate: bool | None = None,
-                 lane: str | None = None, stage: str | None = None) -> None:
+                 lane: str | None = None, stage: str | None = None,
+                 providers: "Mapping[str, Provider] | None" = None) -> None:
         self.request = request
         self.config = config
         self.cache = cache
@@ -522,7 +524,10 @@ class RoutedRun:
         self.streams: list[Stream] = []
         #: (model, why it was not accepted) for each answer that was retried
         self.rejected: list[tuple[str, str]] = []
-        self._providers: dict[str, "Provider"] = {}
+        #: model id → provider; ``providers`` lent by the caller (warm, kept across runs: ``bench``)
+        #: are used as they are and left open by :meth:`aclose`
+        self._providers: dict[str, "Provider"] = dict(providers or {})
+        self._borrowed = frozenset(self._providers)
         self._state = "pending"  # pending | active | completed | cancelled | failed (paused: the stream's)
         self._paused = False
         self._cancelled = False
@@ -681,7 +686,8 @@ class RoutedRun:
 
     async def aclose(self) -> None:
         """Close the providers this run made (their connections)."""
-        providers, self._providers = list(self._providers.values()), {}
+        providers = [p for model, p in self._providers.items() if model not in self._borrowed]
+        self._providers = {}
         for provider in providers:
             try:
                 await provider.aclose()
