@@ -14,16 +14,17 @@ from typing import IO, TYPE_CHECKING
 
 from ..config import Settings, resolve_model
 from ..core.bus import EventBus
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, StreamchatError
 from ..core.events import Token
 from ..core.request import ChatRequest, Message
 from ..core.stream import Stream, continue_stream
 from ..providers import create_provider
 from ._signals import sigint_calls
-from .output import NdjsonPrinter, TextPrinter
+from .output import NdjsonPrinter, TextPrinter, _Writer
 
 if TYPE_CHECKING:
     from ..history import HistoryRecorder, HistoryStore, ResumeInfo
+    from ..orchestrate import Run
 
 EXIT_CANCELLED = 130
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a program ended by SIGPIPE
@@ -192,20 +193,26 @@ async def _ask(prompt: str | None, store: "HistoryStore | None", *, settings: Se
             await recorder.aclose()
     if isinstance(writer, TextPrinter):
         writer.end_line()
+    return conclude(stream, writer, recorder, err)
+
+
+def conclude(run: "Run", writer: _Writer, recorder: "HistoryRecorder | None", err: IO[str]) -> int:
+    """After an answer (a Stream, or an orchestrator's run): say on ``err`` what went wrong, in
+    one line, and return the exit code."""
     if recorder is not None and recorder.error is not None:
         err.write(f"warning: the answer may be missing from the history: {recorder.error}\n")
     if writer.closed:  # the reader went away (``| head``): nothing more to say, like cat
         _quiet_stdout()
         return EXIT_BROKEN_PIPE
-    if stream.state == "completed":
+    if run.state == "completed":
         return 0
-    if stream.state == "cancelled":
-        kept = " (the partial answer above is kept)" if stream.text else ""
+    if run.state == "cancelled":
+        kept = " (the partial answer above is kept)" if run.text else ""
         err.write(f"cancelled{kept}\n")
         return EXIT_CANCELLED
-    assert stream.error is not None
-    err.write(f"error: {stream.error}\n")
-    return stream.error.exit_code
+    error = run.error or StreamchatError("the answer did not complete")
+    err.write(f"error: {error}\n")
+    return error.exit_code
 
 
 def _record(store: "HistoryStore", turn: _Turn, prompt: str | None, system: str | None, stream: Stream,

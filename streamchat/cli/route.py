@@ -23,7 +23,7 @@ from ..config import Settings
 from ..core.bus import EventBus
 from ..core.events import Event, Progress
 from ..core.request import ChatRequest, Message
-from .ask import EXIT_BROKEN_PIPE, EXIT_CANCELLED, _plan_turn, _quiet_stdout
+from .ask import _plan_turn, conclude
 from ._signals import sigint_calls
 from .output import NdjsonPrinter, TextPrinter, _Writer
 
@@ -119,22 +119,7 @@ async def run_routed_ask(prompt: str | None, store: "HistoryStore | None", *, se
         held._write(run.text if run.text.endswith("\n") else run.text + "\n")
     if text is not None:
         text.end_line()
-    if recorder is not None and recorder.error is not None:
-        err.write(f"warning: the answer may be missing from the history: {recorder.error}\n")
-    if writer.closed:
-        _quiet_stdout()
-        return EXIT_BROKEN_PIPE
-    if run.state == "completed":
-        return 0
-    if run.state == "cancelled":
-        kept = " (the partial answer above is kept)" if run.text else ""
-        err.write(f"cancelled{kept}\n")
-        return EXIT_CANCELLED
-    if run.error is None:
-        err.write("error: the routed answer did not complete\n")
-        return 1
-    err.write(f"error: {run.error}\n")
-    return run.error.exit_code
+    return conclude(run, writer, recorder, err)
 
 
 def _cache_config(settings: Settings) -> "RouterConfig":
