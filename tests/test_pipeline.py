@@ -409,6 +409,29 @@ async def test_run_warms_later_stages_once_the_first_token_is_out(provider_env, 
     await run.aclose()
 
 
+async def test_lent_providers_are_used_as_they_are_not_warmed_again_nor_closed(provider_env, server):
+    """The app lends its own (warmed) providers: a question sends the stages' requests and nothing
+    else, and the providers stay open for the next question."""
+    from streamchat.providers import create_provider
+
+    lent = {m: create_provider(m) for m in ("ollama:normal", "openai:normal")}
+    for _ in range(2):
+        run, _ = start(pipe(Stage("draft", "ollama:normal"), Stage("refine", "openai:normal", "refine")),
+                       providers=lent)
+        await run.run()
+        await run.aclose()
+        assert run.state == "completed" and run.warm_seconds == {}
+        assert [r.path for r in server.requests] == ["/api/chat", "/v1/chat/completions"]
+        assert all(run.streams[i].provider is lent[m] for i, m in enumerate(lent))
+        server.reset()
+    opened = server.connections_accepted
+    run, _ = start(pipe(Stage("refine", "openai:normal")), providers=lent)
+    await run.run()
+    assert server.connections_accepted == opened  # still open: the same connection again
+    for provider in lent.values():
+        await provider.aclose()
+
+
 async def test_prewarm_none_and_parallel(provider_env, server):
     run, _ = start(pipe(Stage("draft", "ollama:normal"), Stage("refine", "openai:normal", "refine")), prewarm=False)
     await run.run()

@@ -401,7 +401,7 @@ class PipelineRun:
     Stream so far, in order.
 
     ``providers`` (model id → provider) lends the run providers to use instead of making its own
-    (the app's, already warmed); they stay open after :meth:`aclose`. ``on_stream`` may return an
+    (the app's, already warmed): the run neither warms nor closes them. ``on_stream`` may return an
     awaitable: the stage's stream starts once it is done.
 
     ``prewarm`` — how the stages' models are warmed when the run starts:
@@ -535,6 +535,8 @@ class PipelineRun:
         return provider
 
     def _warm_task(self, stage: Stage) -> asyncio.Task | None:
+        if stage.model in self._borrowed:  # lent: the lender warmed it (once, not per question)
+            return None
         task = self._warming.get(stage.model)
         if task is None:
             try:
