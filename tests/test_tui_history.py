@@ -86,6 +86,7 @@ async def test_a_reopened_cut_off_answer_continues_with_c(server, store):
         await until(pilot, lambda: isinstance(app.screen, HistoryScreen), what="the history screen")
         listing = app.screen.query_one(OptionList)
         await until(pilot, lambda: listing.option_count == 2, what="the conversations listed")
+        await until(pilot, lambda: app.screen.focused is listing, what="the list")  # or the keys are lost
         assert "another one" in str(listing.get_option_at_index(0).prompt)  # newest first
         await press(pilot, "down", "enter")
         await until(pilot, lambda: not isinstance(app.screen, HistoryScreen) and answers(app)

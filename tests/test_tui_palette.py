@@ -4,7 +4,7 @@ lane's model (listed or typed) — driven by keys in the real app, against the l
 from __future__ import annotations
 
 import pytest
-from textual.command import CommandPalette
+from textual.command import CommandInput, CommandPalette
 
 from streamchat.testing.wire import NORMAL_TEXT
 from test_tui import SIZE, answers, app_for, ask, chat, last_answer, press, until
@@ -23,7 +23,11 @@ async def run_command(pilot, text: str) -> None:
     await press(pilot, "ctrl+p")
     await until(pilot, lambda: isinstance(app.screen, CommandPalette), what="the palette")
     palette = app.screen
+    # the palette is on the stack before its input is mounted and focused; keys sent before that
+    # are lost (seen on CI: "nthropic:echo" matched nothing)
+    await until(pilot, lambda: isinstance(app.focused, CommandInput), what="the palette's input")
     await press(pilot, *["space" if ch == " " else ch for ch in text])
+    await until(pilot, lambda: app.focused.value == text, what=f"{text!r} typed")
     await until(pilot, lambda: palette.query("CommandList") and palette.query_one("CommandList").option_count > 0,
                 what=f"a hit for {text!r}")
     await pilot.pause(0.3)  # the search settles (it is debounced)
