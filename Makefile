@@ -13,11 +13,13 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -qq --upgrade pip
 	@echo "Installing streamchat and its dependencies (the first time, llama-cpp-python compiles: ~8 min on 2 cores)…"
 	@$(BIN)/python -m pip install -qq --progress-bar off -e '.[test]'
+	@$(BIN)/python -m compileall -q streamchat  # an editable install compiles nothing
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
+	@$(BIN)/python -m compileall -q streamchat  # (changed files only) bytecode: ~0.1 s off each start-up
 	@$(BIN)/streamchat
 
 test: $(STAMP)

@@ -423,6 +423,7 @@ class Bench:
                     "PYTHONUNBUFFERED": "1", "NO_PROXY": "127.0.0.1,localhost,::1"})
         env.pop("NO_COLOR", None)
         env.pop("TEXTUAL", None)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # a person's install has bytecode (see startup)
         self.env = env
         self.profile_path: str | None = None
         self.want_profile = profile

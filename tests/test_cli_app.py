@@ -64,3 +64,39 @@ def test_side_by_side_lanes_need_the_app(server, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: side-by-side models need the full-screen app (a terminal, without --plain)"]
+
+
+# -- the root's options are parsed without typer (its pydantic validators cost ~0.15 s per start-up)
+ROOT_ARGVS = [
+    [], ["-m", "openai:echo"], ["--model=openai:echo", "-m", "ollama:normal", "--no-history"],
+    ["-s", "be brief", "--plain"], ["--system=x=y", "--debug"], ["-p", "default"], ["--pipeline", "two"],
+    ["--version"],
+]
+
+
+def test_the_plain_start_reads_the_options_as_typer_does():
+    import typer
+
+    from streamchat.cli import _plain_start, app
+
+    command = typer.main.get_command(app)
+    for argv in ROOT_ARGVS:
+        ctx = command.make_context("streamchat", list(argv))
+        want = {**ctx.params, "model": list(ctx.params["model"] or [])}
+        assert _plain_start(argv) == want, argv
+    # anything else is typer's: commands, help, unknown options, a missing value, an option's value
+    # that looks like an option, a flag with a value
+    for argv in (["ask", "hi"], ["--debug", "history", "list"], ["--help"], ["-h"], ["--bogus"], ["-m"],
+                 ["-m", "--plain"], ["--plain=yes"], ["hello"]):
+        assert _plain_start(argv) is None, argv
+
+
+def test_a_plain_start_does_not_import_pydantic(tmp_path):
+    code = ("import sys; sys.argv = ['streamchat', '--version']\n"
+            "from streamchat.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exit:\n    print(exit.code, 'pydantic' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "STREAMCHAT_HOME": str(tmp_path)})
+    from streamchat import __version__
+
+    assert proc.stdout.splitlines() == [f"streamchat {__version__}", "0 False"], proc.stdout + proc.stderr
