@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
-__all__ = ["sigint_calls"]
+__all__ = ["run_answer", "sigint_calls"]
 
 
 @contextlib.contextmanager
@@ -25,3 +25,15 @@ def sigint_calls(handler: Callable[[], Any]) -> Iterator[None]:
         yield
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+
+
+async def run_answer(run: Any, close: Callable[[], Awaitable[Any]], recorder: Any = None) -> None:
+    """Run ``run`` (a Stream or an orchestrator's run) to its end — Ctrl+C stops it, keeping its
+    partial — then ``close`` what it used and the history ``recorder`` (if any), whatever happened."""
+    try:
+        with sigint_calls(run.cancel):
+            await run.run()
+    finally:
+        await close()
+        if recorder is not None:
+            await recorder.aclose()

@@ -19,8 +19,8 @@ from ..core.events import Token
 from ..core.request import ChatRequest, Message
 from ..core.stream import Stream, continue_stream
 from ..providers import create_provider
-from ._signals import sigint_calls
-from .output import NdjsonPrinter, TextPrinter, _Writer
+from ._signals import run_answer
+from .output import NdjsonPrinter, TextPrinter, _Writer, confidence_theme
 
 if TYPE_CHECKING:
     from ..history import HistoryRecorder, HistoryStore, ResumeInfo
@@ -174,23 +174,13 @@ async def _ask(prompt: str | None, store: "HistoryStore | None", *, settings: Se
         writer = NdjsonPrinter(out, on_closed=stream.cancel)
     else:
         terminal = out.isatty()
-        theme = None
-        if terminal and request.confidence:  # colour tokens by confidence on a terminal
-            from ..theming import load_theme
-
-            theme = load_theme(settings.theme)
+        theme = confidence_theme(settings.theme, terminal, request.confidence)
         writer = TextPrinter(out, sanitise=terminal, on_closed=stream.cancel, theme=theme)
         if partial:  # the answer so far, then the rest as it comes
             writer.on_event(Token(stream_id=stream.id, text=partial, index=0))
     bus.register(writer)
 
-    try:
-        with sigint_calls(stream.cancel):  # Ctrl+C stops the answer, keeping its partial
-            await stream.run()
-    finally:
-        await provider.aclose()
-        if recorder is not None:
-            await recorder.aclose()
+    await run_answer(stream, provider.aclose, recorder)
     if isinstance(writer, TextPrinter):
         writer.end_line()
     return conclude(stream, writer, recorder, err)

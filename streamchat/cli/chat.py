@@ -21,7 +21,7 @@ from ..core.errors import StreamchatError
 from ..core.request import ChatRequest, Message
 from ..core.stream import Stream, continue_stream
 from ..providers import create_provider
-from .output import TextPrinter
+from .output import TextPrinter, confidence_theme
 
 
 def _read_line(loop: asyncio.AbstractEventLoop, prompt: str) -> asyncio.Future:
@@ -55,11 +55,7 @@ async def run_chat(*, settings: Settings, model: str | None, system: str | None,
     err.flush()
     bus = EventBus()
     terminal = out.isatty()
-    theme = None
-    if terminal and settings.confidence:  # colour tokens by confidence
-        from ..theming import load_theme
-
-        theme = load_theme(settings.theme)
+    theme = confidence_theme(settings.theme, terminal, settings.confidence)
     system = system if system is not None else settings.system
     store, recorder = _open_history(err) if history else (None, None)
     if recorder is not None:

@@ -15,7 +15,16 @@ if TYPE_CHECKING:
 from ..core.events import Event, Token, event_to_dict
 from ..core.text import neutralise
 
-__all__ = ["NdjsonPrinter", "TextPrinter", "neutralise"]
+__all__ = ["NdjsonPrinter", "TextPrinter", "confidence_theme", "neutralise"]
+
+
+def confidence_theme(theme_name: str, terminal: bool, confidence: bool) -> "Theme | None":
+    """The theme whose bands colour tokens by confidence: on a terminal, when confidence is asked for."""
+    if not (terminal and confidence):
+        return None
+    from ..theming import load_theme
+
+    return load_theme(theme_name)
 
 
 class _Writer:

@@ -32,8 +32,8 @@ from ..core.request import ChatRequest, Message
 from ..core.text import neutralise
 from ..orchestrate.pipeline import STAGE_START, Pipeline, PipelineRun, load_pipeline
 from .ask import EXIT_BROKEN_PIPE, EXIT_CANCELLED, _plan_turn, _quiet_stdout
-from ._signals import sigint_calls
-from .output import NdjsonPrinter, TextPrinter
+from ._signals import run_answer
+from .output import NdjsonPrinter, TextPrinter, confidence_theme
 
 if TYPE_CHECKING:
     from ..history import HistoryRecorder, HistoryStore
@@ -156,24 +156,14 @@ async def run_pipeline_ask(
     else:
         _say(err, f"pipeline {pipe.name}: {pipe.describe()}")
         terminal = out.isatty()
-        if terminal:
-            theme = None
-            if request.confidence:  # colour tokens by confidence (every stage's tokens carry one)
-                from ..theming import load_theme
-
-                theme = load_theme(settings.theme)
+        if terminal:  # (with confidence asked for, every stage's tokens carry one)
+            theme = confidence_theme(settings.theme, terminal, request.confidence)
             writer = StagePrinter(out, err, on_closed=run.cancel, theme=theme)
         else:
             writer = FinalPrinter(out, err, pipe.stages[-1].name, on_closed=run.cancel)
     bus.register(writer)
 
-    try:
-        with sigint_calls(run.cancel):  # Ctrl+C stops the answer, keeping its partial
-            await run.run()
-    finally:
-        await run.aclose()
-        if recorder is not None:
-            await recorder.aclose()
+    await run_answer(run, run.aclose, recorder)
     return _conclude(run, pipe, writer, recorder, err, terminal=terminal)
 
 

@@ -24,8 +24,8 @@ from ..core.bus import EventBus
 from ..core.events import Event, Progress
 from ..core.request import ChatRequest, Message
 from .ask import _plan_turn, conclude
-from ._signals import sigint_calls
-from .output import NdjsonPrinter, TextPrinter, _Writer
+from ._signals import run_answer
+from .output import NdjsonPrinter, TextPrinter, _Writer, confidence_theme
 
 if TYPE_CHECKING:
     from ..history import HistoryStore
@@ -99,22 +99,12 @@ async def run_routed_ask(prompt: str | None, store: "HistoryStore | None", *, se
         if run.validate and not terminal:
             writer = held = _Writer(out, on_closed=run.cancel)
         else:
-            theme = None
-            if terminal and request.confidence:
-                from ..theming import load_theme
-
-                theme = load_theme(settings.theme)
+            theme = confidence_theme(settings.theme, terminal, request.confidence)
             writer = text = TextPrinter(out, sanitise=terminal, on_closed=run.cancel, theme=theme)
             bus.register(text)
         bus.register(_ProgressPrinter(err, text))
 
-    try:
-        with sigint_calls(run.cancel):  # Ctrl+C stops the answer, keeping its partial
-            await run.run()
-    finally:
-        await run.aclose()
-        if recorder is not None:
-            await recorder.aclose()
+    await run_answer(run, run.aclose, recorder)
     if held is not None and run.text:
         held._write(run.text if run.text.endswith("\n") else run.text + "\n")
     if text is not None:
