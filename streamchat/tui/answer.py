@@ -224,46 +224,49 @@ class AnswerView(Vertical):
         self._tokens_dirty = True
 
     async def flush(self) -> None:
-        """Write what arrived since the last frame (one MarkdownStream write)."""
+        """Write what arrived since the last frame: one MarkdownStream write per Markdown widget
+        it fills (a burst that holds many blocks goes into several widgets, one after another, so
+        that no step mounts more than about CHUNK_BLOCKS blocks while a key waits)."""
         if self._pending and self._md_stream is not None:
             text = "".join(self._pending)
             self._pending.clear()
-            split = self._split_at(text)
-            if split is None:
-                self._live_text += text
-                await self._md_stream.write(text)
-            else:
+            while (split := self._split_at(text)) is not None:
                 await self._md_stream.write(text[:split])
                 await self._next_chunk()
-                self._live_text = text[split:]
-                await self._md_stream.write(text[split:])
+                text = text[split:]
+            self._live_text += text
+            await self._md_stream.write(text)
         if self._tokens_dirty and self.has_class("-tokens"):
             now = time.monotonic()
             if now - self._tokens_rendered_at >= TOKEN_VIEW_INTERVAL:
                 self.render_tokens()
 
     def _split_at(self, text: str) -> int | None:
-        """Where ``text`` may start a new Markdown widget: after a blank line that ends a
-        flush-left paragraph or heading (nothing can continue those) and before a flush-left
-        block, outside a code fence, once the live widget holds CHUNK_BLOCKS blocks; else None."""
-        if "\n\n" not in text:
-            return None
+        """The first place in ``text`` where a new Markdown widget may start, once the live widget
+        would hold CHUNK_BLOCKS blocks: after a blank line that ends a flush-left paragraph or
+        heading (nothing can continue those) and before a flush-left block, outside a code fence;
+        else None."""
         live = self._live_text
-        if live.count("\n\n") + text.count("\n\n") < CHUNK_BLOCKS:
+        have = live.count("\n\n")
+        if have + text.count("\n\n") < CHUNK_BLOCKS:
             return None
         whole = live + text
-        at = whole.rfind("\n\n")
-        while at >= len(live) - 1:
+        at = max(0, len(live) - 2)  # a blank line may straddle what was written and the new text
+        for _ in range(max(0, CHUNK_BLOCKS - have) - 1):  # skip to the CHUNK_BLOCKS-th blank line
+            at = whole.find("\n\n", at) + 2
+        while (at := whole.find("\n\n", at)) >= 0:
             end = at + 2
             while end < len(whole) and whole[end] == "\n":
                 end += 1
-            if end < len(whole) and whole[end] not in " \t":  # the next block has begun (flush left)
+            if end == len(whole):  # the next block has not begun yet
+                return None
+            if whole[end] not in " \t":  # the next block begins flush left
                 start = whole.rfind("\n\n", 0, at)
                 start = 0 if start < 0 else start + 2
                 block = whole[start:at].lstrip("\n")
                 if block and not _NOT_SPLITTABLE.match(block) and not _in_fence(whole[:at]):
                     return end - len(live)
-            at = whole.rfind("\n\n", 0, at)
+            at = end
         return None
 
     async def _next_chunk(self) -> None:
@@ -274,6 +277,7 @@ class AnswerView(Vertical):
         chunk = AnswerMarkdown("", classes="answer--md")
         await self.mount(chunk, after=live)
         self._chunks.append(chunk)
+        self._live_text = ""
         self._md_stream = Markdown.get_stream(chunk)
 
     async def _drop_chunks(self) -> None:

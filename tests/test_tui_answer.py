@@ -1,0 +1,89 @@
+"""The answer view on its own, in a real Textual app: a long answer streamed in bursts of every
+size is split into Markdown widgets of about CHUNK_BLOCKS blocks, and what it shows at the end is
+exactly what one parse of the whole answer shows."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets.markdown import MarkdownBlock
+
+from streamchat.core.events import Token
+from streamchat.theming import load_theme
+from streamchat.tui.answer import CHUNK_BLOCKS, AnswerView, _shows_exactly
+
+
+def long_answer(paragraphs: int) -> str:
+    """Paragraphs, headings, lists that go on after a blank line, code fences holding blank lines,
+    quotes and a table: everything a split must not cut."""
+    parts = []
+    for i in range(paragraphs):
+        parts.append(f"Paragraph {i}: the stream goes on, word after word, line after line.")
+        if i % 5 == 0:
+            parts.append(f"## Heading {i}")
+        if i % 6 == 1:
+            parts.append("- one item\n- another item")
+            parts.append("- the same list, after a blank line")
+        if i % 7 == 2:
+            parts.append("```python\ndef f():\n\n    return 1\n\n\nprint(f())\n```")
+        if i % 9 == 3:
+            parts.append("> a quote\n>\n> that goes on")
+        if i % 11 == 4:
+            parts.append("| a | b |\n|---|---|\n| 1 | 2 |")
+        if i % 8 == 5:
+            parts.append("    indented code\n\n    after a blank line")
+    return "\n\n".join(parts) + "\n"
+
+
+class OneAnswer(App):
+    def __init__(self) -> None:
+        super().__init__()
+        self.view = AnswerView("test:model", 0, load_theme("dark"))
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield self.view
+
+
+def blocks(markdown) -> int:
+    return sum(isinstance(child, MarkdownBlock) for child in markdown.children)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_a_long_answer_streamed_in_bursts_is_shown_as_one_parse_shows_it(seed):
+    text = long_answer(90)
+    rng = random.Random(seed)
+    app = OneAnswer()
+    async with app.run_test(size=(100, 40)) as pilot:
+        view = app.view
+        await view.begin("s1", fresh=True)
+        at, index = 0, 0
+        while at < len(text):
+            # a frame: a few characters, a few lines, or (as under a firehose) a third of the answer
+            size = rng.choice([1, 7, 40, 300, len(text) // 3])
+            for piece in (text[at:at + size][i:i + 5] for i in range(0, min(size, len(text) - at), 5)):
+                view.take(Token(stream_id="s1", text=piece, index=index))
+                index += 1
+            at += size
+            await view.flush()
+            await pilot.pause(0)
+        await view.finish("completed", text)
+        await pilot.pause()
+
+        widgets = [view.markdown, *view._chunks]
+        assert view.text == text
+        assert len(widgets) >= 90 // CHUNK_BLOCKS  # the answer was split as it streamed …
+        # … into widgets of about CHUNK_BLOCKS blocks (a split waits for a block that can end one)
+        assert max(blocks(markdown) for markdown in widgets) <= 2 * CHUNK_BLOCKS
+        # every widget shows what a parse of its own source shows, and no source was cut inside a
+        # fence, a list or a quote: the widgets together show what one parse of the whole shows
+        assert all(_shows_exactly(markdown) for markdown in widgets)
+        from markdown_it import MarkdownIt
+
+        whole = [t.type for t in MarkdownIt("gfm-like").parse(text) if t.level == 0 and t.map]
+        shown = [block.name for markdown in widgets for block in markdown.children
+                 if isinstance(block, MarkdownBlock)]
+        assert shown == whole
