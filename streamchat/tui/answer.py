@@ -253,7 +253,10 @@ class AnswerView(Vertical):
         whole = live + text
         at = max(0, len(live) - 2)  # a blank line may straddle what was written and the new text
         for _ in range(max(0, CHUNK_BLOCKS - have) - 1):  # skip to the CHUNK_BLOCKS-th blank line
-            at = whole.find("\n\n", at) + 2
+            at = whole.find("\n\n", at)
+            if at < 0:
+                return None
+            at += 2
         while (at := whole.find("\n\n", at)) >= 0:
             end = at + 2
             while end < len(whole) and whole[end] == "\n":
