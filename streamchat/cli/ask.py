@@ -212,11 +212,7 @@ def _record(store: "HistoryStore", turn: _Turn, prompt: str | None, system: str 
 
     cid = turn.conversation_id
     if turn.resume is None:
-        if cid is None:
-            cid = store.create_conversation(prompt or "", system=system)
-        elif system != turn.system:
-            store.set_system(cid, system)
-        store.add_message(cid, "user", prompt or "")
+        cid = store.add_question(cid, prompt or "", system=system, previous_system=turn.system)
     recorder = HistoryRecorder(store).attach(bus)
     if turn.resume is not None and turn.resume.message is not None:
         recorder.track(stream, message_id=turn.resume.message.id)

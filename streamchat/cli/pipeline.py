@@ -204,12 +204,7 @@ def _record(store: "HistoryStore", conversation_id: int | None, previous_system:
     """Write the question now; each stage's answer is recorded (with its stage) as it grows."""
     from ..history import HistoryRecorder
 
-    cid = conversation_id
-    if cid is None:
-        cid = store.create_conversation(prompt, system=system)
-    elif system != previous_system:
-        store.set_system(cid, system)
-    store.add_message(cid, "user", prompt)
+    cid = store.add_question(conversation_id, prompt, system=system, previous_system=previous_system)
     recorder = HistoryRecorder(store).attach(bus)
 
     def on_stream(stream: Any) -> None:

@@ -75,11 +75,7 @@ async def run_routed_ask(prompt: str | None, store: "HistoryStore | None", *, se
     if store is not None:
         from ..history import HistoryRecorder
 
-        if cid is None:
-            cid = store.create_conversation(prompt or "", system=system)
-        elif system != turn.system:
-            store.set_system(cid, system)
-        store.add_message(cid, "user", prompt or "")
+        cid = store.add_question(cid, prompt or "", system=system, previous_system=turn.system)
         recorder = HistoryRecorder(store).attach(bus)
 
     def on_stream(stream: Any) -> None:

@@ -552,6 +552,18 @@ class HistoryStore:
             )
             return int(cur.lastrowid)
 
+    def add_question(self, conversation_id: int | None, prompt: str, *, system: str | None,
+                     previous_system: str | None = None) -> int:
+        """Record a question: in a new conversation (``conversation_id`` None, titled by the
+        prompt) or a follow-up in that one (its system prompt updated if it changed). Returns the
+        conversation's id."""
+        if conversation_id is None:
+            conversation_id = self.create_conversation(prompt, system=system)
+        elif system != previous_system:
+            self.set_system(conversation_id, system)
+        self.add_message(conversation_id, "user", prompt)
+        return conversation_id
+
     @_guarded
     def set_system(self, conversation_id: int, system: str | None) -> None:
         with self.transaction() as db:
