@@ -13,7 +13,7 @@ from textual.widgets.markdown import MarkdownBlock
 
 from streamchat.core.events import Token
 from streamchat.theming import load_theme
-from streamchat.tui.answer import CHUNK_BLOCKS, AnswerView, _shows_exactly
+from streamchat.tui.answer import CHUNK_BLOCKS, RUNWAY_LINES, AnswerView, _shows_exactly
 
 
 def long_answer(paragraphs: int) -> str:
@@ -87,3 +87,41 @@ async def test_a_long_answer_streamed_in_bursts_is_shown_as_one_parse_shows_it(s
         shown = [block.name for markdown in widgets for block in markdown.children
                  if isinstance(block, MarkdownBlock)]
         assert shown == whole
+
+
+async def test_a_streaming_answer_grows_into_free_lines_and_the_conversation_grows_in_steps():
+    """A new line of a streaming answer is drawn into free lines under its text (no layout of the
+    conversation, no scroll); the conversation grows by RUNWAY_LINES at a time; nothing of the
+    text is ever cut off; the finished answer keeps no free lines."""
+    app = OneAnswer()
+    async with app.run_test(size=(60, 20)) as pilot:
+        view = app.view
+        scroller = app.query_one(VerticalScroll)
+        await view.begin("s1", fresh=True)
+        heights, lines, index = [], 0, 0
+        words = "every frame brings a few more words to the answer as it streams in".split()
+        for frame in range(120):
+            for word in words[frame % 7: frame % 7 + 3]:  # ~20 characters: a line every 3 frames
+                view.take(Token(stream_id="s1", text=word + " ", index=index))
+                index += 1
+            if frame % 40 == 39:  # now and then a new paragraph
+                view.take(Token(stream_id="s1", text="\n\n", index=index))
+                index += 1
+            await view.flush()
+            await pilot.pause()
+            live = view._live_markdown
+            text_bottom = max(block.region.bottom for block in live.children) - live.region.y
+            assert text_bottom <= live.size.height  # nothing cut off
+            assert live.size.height - text_bottom <= 2 * RUNWAY_LINES + 1
+            heights.append(scroller.virtual_size.height)
+            lines = text_bottom
+        assert lines > 3 * RUNWAY_LINES  # (the answer grew by many lines)
+        # the conversation grew in steps of free lines, not with every line
+        assert len(set(heights)) <= lines // RUNWAY_LINES + 3
+        assert heights == sorted(heights)
+
+        await view.finish("completed", view.text)
+        await pilot.pause()
+        live = view._live_markdown
+        text_bottom = max(block.region.bottom for block in live.children) - live.region.y
+        assert live.size.height == text_bottom + 1  # (the last paragraph's bottom margin)

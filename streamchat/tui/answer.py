@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.geometry import Size
+from textual.layout import DockArrangeResult
 from textual.content import Content
 from textual.visual import visualize
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownBlock
 
 from ..core.events import Token
-from .widgets import error_hint, neutralise, state_content
+from .widgets import error_hint, neutralise, quiet_virtual_size, state_content
 
 if TYPE_CHECKING:
     from textual.widgets.markdown import MarkdownStream
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from ..core.errors import StreamchatError
     from ..theming import Theme
 
-__all__ = ["CHUNK_BLOCKS", "AnswerView", "TurnView"]
+__all__ = ["CHUNK_BLOCKS", "RUNWAY_LINES", "AnswerView", "TurnView"]
 
 #: the coloured token view is re-rendered at most this often while streaming (seconds)
 TOKEN_VIEW_INTERVAL = 0.1
@@ -39,6 +41,9 @@ TOKEN_VIEW_INTERVAL = 0.1
 #: ``AnswerView._split_at``), so each parses on its own as the whole would (reference-style link
 #: definitions aside).
 CHUNK_BLOCKS = 12
+#: While an answer streams, its live Markdown widget keeps this many free lines under its text
+#: (see ``AnswerMarkdown.set_runway``)
+RUNWAY_LINES = 6
 #: a block that may go on after a blank line (a list, a quote, anything indented, a table, HTML):
 #: never split after one
 _NOT_SPLITTABLE = re.compile(r"[-*+](\s|$)|\d{1,9}[.)](\s|$)|>|\s|<|.*\|")
@@ -88,9 +93,15 @@ class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,
 
     _height_at: tuple[int, int] = (-1, -1)  # (content width, height) of the text shown
 
+    virtual_size = quiet_virtual_size()
+
     def set_content(self, content: Content) -> None:
         self._content = content
-        width = self.content_size.width if self.is_mounted else 0
+        if not self.is_mounted:  # (a new block: mounting it lays it out; or a parse's, dropped)
+            self._height_at = (-1, -1)
+            self.update(content, layout=False)
+            return
+        width = self.content_size.width
         if width <= 0:
             self._height_at = (-1, -1)
             self.update(content)
@@ -102,9 +113,44 @@ class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,
 
 
 class AnswerMarkdown(Markdown):
-    """The answer's Markdown: paragraphs that grow in place are repainted without a layout."""
+    """The answer's Markdown: paragraphs that grow in place are repainted without a layout, and
+    while it is the live widget of a streaming answer it keeps free lines under its text."""
 
     BLOCKS = {**Markdown.BLOCKS, "paragraph_open": _StreamParagraph}
+
+    virtual_size = quiet_virtual_size()
+
+    _runway = False  # the live widget of a streaming answer: a fixed height, with free lines
+
+    def set_runway(self, on: bool) -> None:
+        """While on, the widget is given a fixed height: its text's and RUNWAY_LINES free lines
+        under it; once the text fills them, RUNWAY_LINES more. A new line of the answer is then
+        drawn into a free line: this widget's blocks are re-arranged, and nothing outside it
+        moves, changes size or is drawn again. (Without it, each new line re-arranged every
+        container up to the conversation, which grew: the view scrolled and every line on the
+        screen was drawn again.) Off, the widget is as tall as its text again."""
+        if on:
+            self._runway = True
+        elif self._runway:
+            self._runway = False
+            self._fixed_height = 0
+            self.styles.height = None  # (the stylesheet's: auto)
+
+    _fixed_height = 0  # the height given while streaming (0: none yet)
+
+    def arrange(self, size: Size, optimal: bool = False) -> DockArrangeResult:
+        arrangement = super().arrange(size, optimal)
+        if self._runway:  # (the text's own height is known here, in the layout that changed it)
+            used = arrangement.total_region.bottom
+            fixed = self._fixed_height
+            if used and not fixed - 2 * RUNWAY_LINES <= used <= fixed:
+                self._fixed_height = used + RUNWAY_LINES
+                self.call_later(self._fix_height)
+        return arrangement
+
+    def _fix_height(self) -> None:
+        if self._runway:
+            self.styles.height = self._fixed_height
 
 
 class AnswerView(Vertical):
@@ -153,6 +199,8 @@ class AnswerView(Vertical):
     }
     """
 
+    virtual_size = quiet_virtual_size()
+
     def __init__(self, model_id: str, lane: int, theme: Theme, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="answer")
         self.model_id = model_id
@@ -167,7 +215,7 @@ class AnswerView(Vertical):
         self._md_stream: MarkdownStream | None = None
         self._pending: list[str] = []
         #: more Markdown widgets after ``markdown`` while streaming (see CHUNK_BLOCKS)
-        self._chunks: list[Markdown] = []
+        self._chunks: list[AnswerMarkdown] = []
         self._live_text = ""  # what was written to the last Markdown widget (the live one)
         #: every piece of text as it arrived: (text, confidence, stage) — for the token view
         self.pieces: list[tuple[str, float | None, str | None]] = []
@@ -192,7 +240,7 @@ class AnswerView(Vertical):
         return self.markdown.source
 
     @property
-    def _live_markdown(self) -> Markdown:
+    def _live_markdown(self) -> AnswerMarkdown:
         return self._chunks[-1] if self._chunks else self.markdown
 
     def set_state(self, state: str, detail: str = "") -> None:
@@ -215,6 +263,7 @@ class AnswerView(Vertical):
         live = self._live_markdown
         self._live_text = live.source
         self._md_stream = Markdown.get_stream(live)
+        live.set_runway(True)
         self.set_state("waiting")
 
     def take(self, token: Token) -> None:
@@ -277,7 +326,9 @@ class AnswerView(Vertical):
         if self._md_stream is not None:
             await self._md_stream.stop()
         live = self._live_markdown
+        live.set_runway(False)
         chunk = AnswerMarkdown("", classes="answer--md")
+        chunk.set_runway(True)
         await self.mount(chunk, after=live)
         self._chunks.append(chunk)
         self._live_text = ""
@@ -291,6 +342,7 @@ class AnswerView(Vertical):
 
     async def stop_streaming(self) -> None:
         md_stream, self._md_stream = self._md_stream, None
+        self._live_markdown.set_runway(False)
         if md_stream is not None:
             if self._pending:
                 await md_stream.write("".join(self._pending))
@@ -389,6 +441,12 @@ class AnswerView(Vertical):
         self._tokens_dirty = False
 
 
+class _Lanes(Horizontal):
+    """The answers of one turn, side by side."""
+
+    virtual_size = quiet_virtual_size()
+
+
 class TurnView(Vertical):
     """A prompt, then one :class:`AnswerView` per lane, side by side."""
 
@@ -416,6 +474,8 @@ class TurnView(Vertical):
     }
     """
 
+    virtual_size = quiet_virtual_size()
+
     def __init__(self, prompt: str, models: list[str], theme: Theme) -> None:
         super().__init__(classes="turn")
         self.prompt = prompt
@@ -424,5 +484,5 @@ class TurnView(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(neutralise(self.prompt), classes="turn--prompt", markup=False)
-        with Horizontal(classes="turn--lanes"):
+        with _Lanes(classes="turn--lanes"):
             yield from self.answers

@@ -46,7 +46,7 @@ from ..core.errors import StreamchatError, error_of_kind
 from ..core.request import ChatRequest, Message
 from ..core.stream import Stream, continue_stream
 from .conversation import Answer, Conversation, Turn
-from .widgets import LaneStats, StatusBar
+from .widgets import LaneStats, StatusBar, quiet_virtual_size
 
 if TYPE_CHECKING:
     from ..history import StoredMessage
@@ -122,6 +122,8 @@ class ConversationView(VerticalScroll):
         background-tint: $foreground 3%;
     }
     """
+
+    virtual_size = quiet_virtual_size()
 
     follow_pending = False
 

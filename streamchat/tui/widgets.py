@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
+from textual.geometry import Size
+from textual.reactive import Reactive
 from textual.widgets import Sparkline, Static
 
 from ..core.errors import (
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
 
     from ..core.stream import Stream
 
-__all__ = ["STATES", "LaneStats", "StatusBar", "error_hint", "neutralise", "state_content"]
+__all__ = ["STATES", "LaneStats", "StatusBar", "error_hint", "neutralise", "quiet_virtual_size",
+           "state_content"]
 
 #: display state → (label, colour variable)
 STATES: dict[str, tuple[str, str]] = {
@@ -48,6 +51,15 @@ STATES: dict[str, tuple[str, str]] = {
     "done": ("✓ done", "$success"),
     "idle": ("idle", "$text-muted"),
 }
+
+def quiet_virtual_size() -> Reactive[Size]:
+    """A ``virtual_size`` reactive that does not ask for a layout when it changes. Textual's does,
+    but the layout that changed it has just placed everything (and, for a scrolling container,
+    updated its scrollbars and kept an anchored view at the bottom): while an answer streams,
+    that was a second layout after each one that added a line, at every level from the
+    paragraph up to the conversation. Watchers still run."""
+    return Reactive(Size(0, 0), layout=False, repaint=False)
+
 
 def neutralise(text: str) -> str:
     """A model must not drive the terminal (see ``core.text``); CRs are dropped in a widget."""
