@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.geometry import Size
 from textual.layout import DockArrangeResult
-from textual.content import Content
 from textual.visual import visualize
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownBlock

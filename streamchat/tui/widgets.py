@@ -52,6 +52,7 @@ STATES: dict[str, tuple[str, str]] = {
     "idle": ("idle", "$text-muted"),
 }
 
+
 def quiet_virtual_size() -> Reactive[Size]:
     """A ``virtual_size`` reactive that does not ask for a layout when it changes. Textual's does,
     but the layout that changed it has just placed everything (and, for a scrolling container,
