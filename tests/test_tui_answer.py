@@ -90,15 +90,17 @@ async def test_a_long_answer_streamed_in_bursts_is_shown_as_one_parse_shows_it(s
 
 
 async def test_a_streaming_answer_grows_into_free_lines_and_the_conversation_grows_in_steps():
-    """A new line of a streaming answer is drawn into free lines under its text (no layout of the
-    conversation, no scroll); the conversation grows by RUNWAY_LINES at a time; nothing of the
-    text is ever cut off; the finished answer keeps no free lines."""
+    """A new line of a streaming answer is drawn into free lines under its text: the last
+    paragraph fills them, so it is only repainted (its size does not change, nothing is laid
+    out); the conversation grows by RUNWAY_LINES at a time; nothing of the text is ever cut off;
+    the finished answer keeps no free lines."""
     app = OneAnswer()
     async with app.run_test(size=(60, 20)) as pilot:
         view = app.view
         scroller = app.query_one(VerticalScroll)
         await view.begin("s1", fresh=True)
-        heights, lines, index = [], 0, 0
+        heights, lines, index, paragraphs = [], 0, 0, 1
+        resized, last = 0, None  # frames in which the same last paragraph changed size
         words = "every frame brings a few more words to the answer as it streams in".split()
         for frame in range(120):
             for word in words[frame % 7: frame % 7 + 3]:  # ~20 characters: a line every 3 frames
@@ -107,18 +109,32 @@ async def test_a_streaming_answer_grows_into_free_lines_and_the_conversation_gro
             if frame % 40 == 39:  # now and then a new paragraph
                 view.take(Token(stream_id="s1", text="\n\n", index=index))
                 index += 1
+                paragraphs += 1
             await view.flush()
             await pilot.pause()
             live = view._live_markdown
-            text_bottom = max(block.region.bottom for block in live.children) - live.region.y
+            text_bottom = 0
+            for block in live.children:
+                height = block.size.height
+                if block is live._stretched:  # its text is at its top, the free lines under it
+                    height = block.text_height(block.content_size.width)
+                    assert height <= block.content_size.height  # nothing cut off
+                text_bottom = max(text_bottom, block.region.y - live.region.y + height)
             assert text_bottom <= live.size.height  # nothing cut off
             assert live.size.height - text_bottom <= 2 * RUNWAY_LINES + 1
             heights.append(scroller.virtual_size.height)
+            block = live.children[-1]
+            if last is not None and block is last[0] and block.size != last[1]:
+                resized += 1
+            last = (block, block.size)
             lines = text_bottom
         assert lines > 3 * RUNWAY_LINES  # (the answer grew by many lines)
-        # the conversation grew in steps of free lines, not with every line
+        assert live._stretched is live.children[-1]  # (the last paragraph fills the free lines)
+        # the conversation grew in steps of free lines, not with every line …
         assert len(set(heights)) <= lines // RUNWAY_LINES + 3
         assert heights == sorted(heights)
+        # … and a new line did not change the paragraph's size, but only when it filled the lines
+        assert resized <= lines // RUNWAY_LINES + paragraphs + 2
 
         await view.finish("completed", view.text)
         await pilot.pause()

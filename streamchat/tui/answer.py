@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterable
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -19,6 +19,7 @@ from textual.content import Content
 from textual.geometry import Size
 from textual.layout import DockArrangeResult
 from textual.visual import visualize
+from textual.widget import Widget
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownBlock
 
@@ -26,6 +27,8 @@ from ..core.events import Token
 from .widgets import error_hint, neutralise, quiet_virtual_size, state_content
 
 if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+    from textual.widget import AwaitMount
     from textual.widgets.markdown import MarkdownStream
 
     from ..core.errors import StreamchatError
@@ -52,6 +55,20 @@ _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$", re.MULTILINE)
 _BLOCK_TOKENS = frozenset({"heading_open", "paragraph_open", "blockquote_open", "bullet_list_open",
                            "ordered_list_open", "table_open", "fence", "code_block", "hr"})
 
+_PARSER: MarkdownIt | None = None
+
+
+def _parser() -> MarkdownIt:
+    """Textual's own Markdown parser, as Markdown makes it by default — one for all the answer
+    widgets (Markdown makes a new one for every append: ~0.4 ms a frame)."""
+    global _PARSER
+    if _PARSER is None:
+        from markdown_it import MarkdownIt
+
+        _PARSER = MarkdownIt("gfm-like")
+    return _PARSER
+
+
 def _in_fence(text: str) -> bool:
     """Whether ``text`` ends inside a fenced code block."""
     fence = ""
@@ -71,11 +88,7 @@ def _shows_exactly(markdown: Markdown) -> bool:
     changes how earlier lines parse (a list that goes on after a blank line…). Same top-level
     blocks over the same lines means the same view: each block was parsed whole, as the last one,
     before the next began."""
-    from markdown_it import (
-        MarkdownIt,  # (Textual's own parser, as Markdown uses it by default)
-    )
-
-    tokens = MarkdownIt("gfm-like").parse(markdown.source)
+    tokens = _parser().parse(markdown.source)
     want = [(t.type, tuple(t.map)) for t in tokens if t.level == 0 and t.map is not None]
     if any(kind not in _BLOCK_TOKENS for kind, _ in want):
         return False
@@ -89,11 +102,20 @@ class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,
 
     Textual's ``Static.update`` asks for a layout of the whole screen on every change; a layout
     re-arranges the widgets of the conversation and re-renders what moved, which made each frame
-    cost as much as one that adds a line."""
+    cost as much as one that adds a line.
+
+    The last paragraph of a streaming answer is *stretched* (see ``AnswerMarkdown.set_runway``):
+    it fills the free lines under it, so a new line of its text is drawn into them with a repaint,
+    and only when its text outgrows them is a layout needed."""
 
     _height_at: tuple[int, int] = (-1, -1)  # (content width, height) of the text shown
+    _stretched = False  # filling the free lines of a streaming answer's live Markdown widget
 
     virtual_size = quiet_virtual_size()
+
+    def text_height(self, width: int) -> int:
+        """The height of its text at a content width of ``width``."""
+        return visualize(self, self._content, markup=False).get_height(self.styles, width)
 
     def set_content(self, content: Content) -> None:
         self._content = content
@@ -106,9 +128,15 @@ class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,
             self._height_at = (-1, -1)
             self.update(content)
             return
-        height = visualize(self, content, markup=False).get_height(self.styles, width)
+        height = self.text_height(width)
         same = self._height_at == (width, height) and self.content_size.height == height
         self._height_at = (width, height)
+        if self._stretched:
+            markdown = self.parent
+            if height > self.content_size.height and isinstance(markdown, AnswerMarkdown):
+                markdown.make_room(height - self.content_size.height)
+            self.update(content, layout=False)
+            return
         self.update(content, layout=not same)
 
 
@@ -120,37 +148,93 @@ class AnswerMarkdown(Markdown):
 
     virtual_size = quiet_virtual_size()
 
+    def __init__(self, markdown: str = "", *, classes: str | None = None) -> None:
+        super().__init__(markdown, classes=classes, parser_factory=_parser)
+
     _runway = False  # the live widget of a streaming answer: a fixed height, with free lines
+    _fixed_height = 0  # the height given while streaming (0: none yet)
+    _stretched: _StreamParagraph | None = None  # its last block, when a paragraph fills the free lines
 
     def set_runway(self, on: bool) -> None:
         """While on, the widget is given a fixed height: its text's and RUNWAY_LINES free lines
-        under it; once the text fills them, RUNWAY_LINES more. A new line of the answer is then
-        drawn into a free line: this widget's blocks are re-arranged, and nothing outside it
-        moves, changes size or is drawn again. (Without it, each new line re-arranged every
-        container up to the conversation, which grew: the view scrolled and every line on the
-        screen was drawn again.) Off, the widget is as tall as its text again."""
+        under it; once the text fills them, RUNWAY_LINES more. Its last block, when a paragraph
+        (the usual case), is stretched over the free lines: a new line of the answer is drawn into
+        one by repainting that paragraph — no layout at all. Only when the text outgrows the free
+        lines does the widget grow (and the conversation with it, RUNWAY_LINES at a time); a new
+        block is laid out inside the widget, and nothing outside it moves. (Without the free
+        lines, each new line re-arranged every container up to the conversation, which grew: the
+        view scrolled and every line on the screen was drawn again.) Off, the widget is as tall
+        as its text again."""
         if on:
             self._runway = True
         elif self._runway:
             self._runway = False
             self._fixed_height = 0
+            self._restretch()
             self.styles.height = None  # (the stylesheet's: auto)
 
-    _fixed_height = 0  # the height given while streaming (0: none yet)
+    def make_room(self, lines: int) -> None:
+        """The stretched paragraph's text needs ``lines`` more lines than it has: grow."""
+        if self._runway:
+            want = max(self._fixed_height, self.size.height + lines + RUNWAY_LINES)
+            if want != self._fixed_height:
+                self._fixed_height = want
+                self.styles.height = want
+
+    def mount_all(self, widgets: Iterable[Widget], **where: Any) -> AwaitMount:
+        """New blocks (Markdown.append mounts them): the last one takes over the free lines before
+        it is mounted, so that one layout places it, stretched, and the block before it, no
+        longer stretched."""
+        widgets = list(widgets)
+        if self._runway and self._fixed_height and widgets and not where:
+            self._restretch(widgets[-1])
+        return super().mount_all(widgets, **where)
 
     def arrange(self, size: Size, optimal: bool = False) -> DockArrangeResult:
         arrangement = super().arrange(size, optimal)
         if self._runway:  # (the text's own height is known here, in the layout that changed it)
             used = arrangement.total_region.bottom
-            fixed = self._fixed_height
+            fixed = want = self._fixed_height
             if used and not fixed - 2 * RUNWAY_LINES <= used <= fixed:
-                self._fixed_height = used + RUNWAY_LINES
+                want = used + RUNWAY_LINES
+            elif (stretched := self._stretched) is not None:  # its text may not fit what is left
+                for placement in arrangement.placements:
+                    if placement.widget is stretched:
+                        gutter = stretched.styles.gutter
+                        have = placement.region.height - gutter.height
+                        need = stretched.text_height(placement.region.width - gutter.width)
+                        if need > have:
+                            want = fixed + need - have + RUNWAY_LINES
+                        break
+            if want != fixed:
+                self._fixed_height = want
                 self.call_later(self._fix_height)
         return arrangement
 
     def _fix_height(self) -> None:
         if self._runway:
             self.styles.height = self._fixed_height
+            self._restretch()
+
+    def _restretch(self, last: Widget | None = None) -> None:
+        """Stretch the last block (or ``last``, about to be mounted after it) over the free lines if
+        it is a paragraph and the widget has its fixed height; give the block that was stretched
+        its own height back."""
+        if last is None and self.children:
+            last = self.children[-1]
+        want = None
+        if self._runway and self._fixed_height and isinstance(last, _StreamParagraph):
+            want = last
+        old = self._stretched
+        if old is want:
+            return
+        if old is not None:
+            old._stretched = False
+            old.styles.height = None  # (the stylesheet's: auto)
+        if want is not None:
+            want._stretched = True
+            want.styles.height = "1fr"
+        self._stretched = want
 
 
 class AnswerView(Vertical):
