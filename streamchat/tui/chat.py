@@ -49,6 +49,8 @@ from .conversation import Answer, Conversation, Turn
 from .widgets import LaneStats, StatusBar, quiet_virtual_size
 
 if TYPE_CHECKING:
+    from textual.timer import Timer
+
     from ..history import StoredMessage
     from ..orchestrate.pipeline import PipelineRun
     from .answer import AnswerView, TurnView
@@ -549,16 +551,30 @@ class ChatScreen(Screen):
                     pass
 
     _gc_thresholds: tuple[int, int, int] | None = None  # the collector's thresholds while held
+    _gc_release: Timer | None = None  # the timer that runs the held-off collection
 
     def _hold_gc(self, hold: bool) -> None:
-        """Hold off full collections while an answer streams (see GC_HOLD_THRESHOLD)."""
-        if hold and self._gc_thresholds is None:
-            self._gc_thresholds = gc.get_threshold()
-            gc.set_threshold(*self._gc_thresholds[:2], GC_HOLD_THRESHOLD)
-        elif not hold and self._gc_thresholds is not None:
-            gc.set_threshold(*self._gc_thresholds)
-            self._gc_thresholds = None
-            self.set_timer(GC_AFTER_S, lambda: None if self.streaming else gc.collect())
+        """Hold off full collections while an answer streams (see GC_HOLD_THRESHOLD). When the last
+        stream ends they stay held off for GC_AFTER_S more: the thresholds are given back only
+        after the one full collection has run. (Given back at once, the next allocation — the
+        final frame's, the footer's new keys — ran it, and the final frame waited 0.2–0.3 s.)"""
+        if hold:
+            if self._gc_release is not None:
+                self._gc_release.stop()
+                self._gc_release = None
+            if self._gc_thresholds is None:
+                self._gc_thresholds = gc.get_threshold()
+                gc.set_threshold(*self._gc_thresholds[:2], GC_HOLD_THRESHOLD)
+        elif self._gc_thresholds is not None and self._gc_release is None:
+            self._gc_release = self.set_timer(GC_AFTER_S, self._release_gc)
+
+    def _release_gc(self) -> None:
+        self._gc_release = None
+        if self.streaming or self._gc_thresholds is None:  # (held again meanwhile)
+            return
+        gc.collect()
+        gc.set_threshold(*self._gc_thresholds)
+        self._gc_thresholds = None
 
     async def _apply_batch(self, batch: list[Event]) -> None:
         touched: dict[int, AnswerView] = {}
@@ -633,8 +649,13 @@ class ChatScreen(Screen):
         view.set_state(state, detail)
         self.lane_stats(answer.lane).set_state(state, detail)
 
+    @property
+    def all_lane_stats(self) -> list[LaneStats]:
+        """The stats panels, one per lane (the row's children: no walk through the conversation)."""
+        return list(self.query_one("#lanes-stats", Horizontal).query_children(LaneStats))
+
     def _tick_stats(self) -> None:
-        for stats in self.query(LaneStats):
+        for stats in self.all_lane_stats:
             if stats.stream is not None and not stats.stream.done:
                 stats.tick()
 
@@ -722,7 +743,7 @@ class ChatScreen(Screen):
         self.refresh_bindings()
 
     def _mark_selected_lane(self) -> None:
-        for i, stats in enumerate(self.query(LaneStats)):
+        for i, stats in enumerate(self.all_lane_stats):
             stats.set_class(i == self.selected_lane, "-selected")
 
     def action_answer_keys(self) -> None:
@@ -806,7 +827,7 @@ class ChatScreen(Screen):
         self.scroller.unfollow()
         await self.scroller.remove_children()
         await self.scroller.mount(Static(WELCOME, id="welcome", markup=False))
-        for stats in self.query(LaneStats):
+        for stats in self.all_lane_stats:
             stats.reset()
         self.prompt.value = ""
         self.prompt.focus()
