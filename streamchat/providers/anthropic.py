@@ -5,6 +5,11 @@ work per token, and an empty answer is simply an empty answer (the helper's ``ge
 raises). Errors: an in-stream ``error`` event arrives as ``APIStatusError`` with status 200 and
 ``.type`` set; a dropped or reset connection raises the SDK's own transport errors (``httpx2``,
 not ``httpx``), unwrapped — both are translated here.
+
+As for OpenAI (see ``providers/openai.py``), the stream is the SDK's own ``AsyncStream`` (its SSE
+decoding, ``error`` events and clean-up) of plain event dicts — ``client.post`` with
+``stream_cls=AsyncStream[object]``, the request ``messages.create`` sends — over the SDK's aiohttp
+transport: no pydantic model is built per token.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ class AnthropicProvider(Provider):
     def _make_client(self) -> Any:
         import anthropic
 
+        timeout = anthropic.Timeout(None, connect=self.timeouts.connect)
         return anthropic.AsyncAnthropic(
             max_retries=0,  # the stream controller retries, visibly, for every provider alike
-            timeout=anthropic.Timeout(None, connect=self.timeouts.connect),
+            timeout=timeout,
+            http_client=anthropic.DefaultAioHttpClient(timeout=timeout),
         )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
@@ -53,25 +60,30 @@ class AnthropicProvider(Provider):
         return params
 
     async def open(self, request: ChatRequest) -> Opened:
+        import anthropic
+
         client = self.client
         try:
-            response = await client.messages.create(**self._params(request))
+            response = await client.post("/v1/messages", body=self._params(request), cast_to=object,
+                                         stream=True, stream_cls=anthropic.AsyncStream[object])
         except Exception as exc:
             self.fail(exc, started=False)
         usage: dict[str, int] = {}
 
         def convert(event: Any) -> str | Chunk | None:
-            etype = event.type
+            etype = event.get("type")
             if etype == "content_block_delta":
-                delta = event.delta
-                return delta.text if delta.type == "text_delta" else None
+                delta = event.get("delta") or {}
+                return delta.get("text") if delta.get("type") == "text_delta" else None
             if etype == "message_start":
-                if event.message.usage is not None:
-                    usage["input_tokens"] = event.message.usage.input_tokens
+                counts = (event.get("message") or {}).get("usage")
+                if counts and counts.get("input_tokens") is not None:
+                    usage["input_tokens"] = counts["input_tokens"]
             elif etype == "message_delta":
-                if event.usage is not None:
-                    usage["output_tokens"] = event.usage.output_tokens
-                return Chunk(usage=dict(usage) or None, finish_reason=event.delta.stop_reason)
+                counts = event.get("usage")
+                if counts and counts.get("output_tokens") is not None:
+                    usage["output_tokens"] = counts["output_tokens"]
+                return Chunk(usage=dict(usage) or None, finish_reason=(event.get("delta") or {}).get("stop_reason"))
             return None
 
         return Opened(response, convert, response.close)

@@ -5,6 +5,12 @@ that ignore it still work. With ``ChatRequest.confidence`` the request asks for 
 chunk's confidence is ``exp(mean logprob)`` of its tokens; a server that sends none gives None.
 An error mid-stream arrives as a bare ``APIError`` (no status); a dropped connection as
 ``APIConnectionError``.
+
+The stream is the SDK's own (``AsyncStream``: its SSE decoding, its error events, its clean-up), of
+plain chunk dicts rather than ``ChatCompletionChunk`` models: ``client.post`` with
+``stream_cls=AsyncStream[object]`` — the same request ``chat.completions.create`` sends. Building a
+pydantic model per chunk was half of what the SDK cost: at 200 chunks/s, 18 % of a core with the
+models, 10 % without (measured with a bare loop, no streamchat code).
 """
 
 from __future__ import annotations
@@ -42,9 +48,11 @@ class OpenAIProvider(Provider):
             import httpx  # noqa: F401
         except ImportError:
             pass
+        timeout = openai.Timeout(None, connect=self.timeouts.connect)
         return openai.AsyncOpenAI(
             max_retries=0,  # the stream controller retries, visibly, for every provider alike
-            timeout=openai.Timeout(None, connect=self.timeouts.connect),
+            timeout=timeout,
+            http_client=openai.DefaultAioHttpClient(timeout=timeout),
         )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
@@ -73,9 +81,12 @@ class OpenAIProvider(Provider):
         )
 
     async def open(self, request: ChatRequest) -> Opened:
+        import openai
+
         client = self.client
         try:
-            response = await client.chat.completions.create(**self._params(request))
+            response = await client.post("/chat/completions", body=self._params(request), cast_to=object,
+                                         stream=True, stream_cls=openai.AsyncStream[object])
         except Exception as exc:
             self.fail(exc, started=False)
         return Opened(response, _convert, response.close)
@@ -99,21 +110,24 @@ class OpenAIProvider(Provider):
 
 
 def _convert(chunk: Any) -> str | Chunk | None:
-    """One ``chat.completion.chunk``: its text, or a Chunk when it carries more."""
+    """One ``chat.completion.chunk`` (a dict, as sent): its text, or a Chunk when it carries more."""
     usage = None
-    if chunk.usage is not None:
-        usage = {"input_tokens": chunk.usage.prompt_tokens, "output_tokens": chunk.usage.completion_tokens}
-    if not chunk.choices:
+    if (counts := chunk.get("usage")) is not None:
+        usage = {"input_tokens": counts.get("prompt_tokens"), "output_tokens": counts.get("completion_tokens")}
+    choices = chunk.get("choices")
+    if not choices:
         return Chunk(usage=usage) if usage else None
-    choice = chunk.choices[0]
-    text = choice.delta.content if choice.delta is not None else None
-    logprobs = choice.logprobs
-    if logprobs is None and usage is None and choice.finish_reason is None:
+    choice = choices[0]
+    delta = choice.get("delta")
+    text = delta.get("content") if delta else None
+    logprobs = choice.get("logprobs")
+    finish_reason = choice.get("finish_reason")
+    if logprobs is None and usage is None and finish_reason is None:
         return text
     confidence = None
-    if logprobs is not None and logprobs.content:
-        values = [entry.logprob for entry in logprobs.content]
+    if logprobs and (entries := logprobs.get("content")):
+        values = [entry["logprob"] for entry in entries]
         confidence = min(1.0, math.exp(sum(values) / len(values)))
-    if text or usage or choice.finish_reason:
-        return Chunk(text=text or "", confidence=confidence, usage=usage, finish_reason=choice.finish_reason)
+    if text or usage or finish_reason:
+        return Chunk(text=text or "", confidence=confidence, usage=usage, finish_reason=finish_reason)
     return None
