@@ -96,6 +96,15 @@ def _shows_exactly(markdown: Markdown) -> bool:
     return have == want
 
 
+async def _make_exact(markdown: AnswerMarkdown) -> None:
+    """Make ``markdown`` show what one full parse of its source gives (parse it again if a
+    streamed block went otherwise), once: it gets no more text."""
+    if not markdown._exact:
+        if not _shows_exactly(markdown):
+            await markdown.update(markdown.source)
+        markdown._exact = True
+
+
 class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,valid-type]
     """A Markdown paragraph that, when its text changes but its height does not (most frames of a
     streaming answer: words are added to the last line), is only repainted — no layout.
@@ -152,6 +161,7 @@ class AnswerMarkdown(Markdown):
         super().__init__(markdown, classes=classes, parser_factory=_parser)
 
     _runway = False  # the live widget of a streaming answer: a fixed height, with free lines
+    _exact = False  # it shows what one full parse of its source gives (checked once it is closed)
     _fixed_height = 0  # the height given while streaming (0: none yet)
     _stretched: _StreamParagraph | None = None  # its last block, when a paragraph fills the free lines
 
@@ -345,6 +355,7 @@ class AnswerView(Vertical):
         self.remove_class("-cut", "-failed")
         self.note.update("")
         live = self._live_markdown
+        live._exact = False  # (it gets more text)
         self._live_text = live.source
         self._md_stream = Markdown.get_stream(live)
         live.set_runway(True)
@@ -406,11 +417,13 @@ class AnswerView(Vertical):
         return None
 
     async def _next_chunk(self) -> None:
-        """Go on writing into a new Markdown widget after the live one."""
+        """Go on writing into a new Markdown widget after the live one, which gets no more text:
+        it is checked against a full parse now, while the answer streams, not all at the end."""
         if self._md_stream is not None:
             await self._md_stream.stop()
         live = self._live_markdown
         live.set_runway(False)
+        await _make_exact(live)
         chunk = AnswerMarkdown("", classes="answer--md")
         chunk.set_runway(True)
         await self.mount(chunk, after=live)
@@ -442,14 +455,15 @@ class AnswerView(Vertical):
             with self.app.batch_update():
                 await self.markdown.update(text)
                 await self._drop_chunks()
+            self.markdown._exact = True
         else:
             # What streamed in is the answer: a Markdown widget is parsed again (its blocks
             # re-mounted) only if a full parse of it differs from what it shows — which the
             # chunks allow: each starts a block of its own (see _split_at). Re-mounting every
-            # block of a long answer took most of a second, with keys waiting.
+            # block of a long answer took most of a second, with keys waiting. The chunks closed
+            # while streaming were checked then (see _next_chunk).
             for markdown in (self.markdown, *self._chunks):
-                if not _shows_exactly(markdown):
-                    await markdown.update(markdown.source)
+                await _make_exact(markdown)
         if "".join(p[0] for p in self.pieces) != text:  # e.g. a continuation joined with overlap
             self._reconcile_pieces(text)
         if self.has_class("-tokens"):
