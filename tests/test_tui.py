@@ -117,7 +117,9 @@ async def test_prompt_streams_the_answer_as_markdown(server):
 
 
 async def test_the_view_follows_the_answer_until_the_person_scrolls_up(server):
-    server.slow_rate, server.slow_tokens = 100, 300
+    # (long enough to go on streaming through every step below, also on a loaded machine: the
+    # conversation grows RUNWAY_LINES at a time)
+    server.slow_rate, server.slow_tokens = 100, 800
     app = app_for("ollama:slow")
     async with app.run_test(size=(70, 24)) as pilot:  # small: the answer soon overflows
         scroller = chat(app).scroller

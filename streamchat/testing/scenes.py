@@ -163,10 +163,15 @@ def shown(view: AnswerView) -> bool:
 
 
 async def settle(pilot: Pilot) -> None:
-    """Let the app process what is pending and paint it."""
+    """Let the app process what is pending and paint it: a layout may ask for another (an answer's
+    free lines are sized in the layout that placed its text), so wait until none is pending for a
+    few frames in a row (on a loaded machine that can take longer than a fixed pause)."""
     await pilot.pause(0.1)
     await pilot.app.animator.wait_until_complete()
-    await pilot.pause(0.05)
+    quiet, deadline = 0, time.monotonic() + STEP_TIMEOUT
+    while quiet < 3 and time.monotonic() < deadline:
+        await pilot.pause(0.03)
+        quiet = 0 if pilot.app.screen._layout_required else quiet + 1
 
 
 # ------------------------------------------------------------------------------------------------
