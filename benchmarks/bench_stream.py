@@ -141,35 +141,46 @@ class Bare:
         import ollama
         import openai
 
-        self.anthropic = anthropic.AsyncAnthropic(max_retries=0, timeout=anthropic.Timeout(None, connect=10.0))
-        self.openai = openai.AsyncOpenAI(max_retries=0, timeout=openai.Timeout(None, connect=10.0))
+        # (the adapters' transport: the SDK's aiohttp one; see providers/openai.py)
+        timeout = anthropic.Timeout(None, connect=10.0)
+        self.anthropic = anthropic.AsyncAnthropic(max_retries=0, timeout=timeout,
+                                                  http_client=anthropic.DefaultAioHttpClient(timeout=timeout))
+        timeout = openai.Timeout(None, connect=10.0)
+        self.openai = openai.AsyncOpenAI(max_retries=0, timeout=timeout,
+                                         http_client=openai.DefaultAioHttpClient(timeout=timeout))
         self.ollama = ollama.AsyncClient(host=server.url, timeout=httpx.Timeout(None, connect=10.0))
         self.messages = [{"role": "user", "content": PROMPT}]
 
     async def run(self, provider: str) -> tuple[int, str]:
         return await getattr(self, f"_{provider}")()
 
+    # The adapters read the SDK's own stream of plain event dicts (no pydantic model per event):
+    # the bare loops do the same.
     async def _anthropic(self) -> tuple[int, str]:
+        import anthropic
+
         parts: list[str] = []
-        response = await self.anthropic.messages.create(
-            model="firehose", max_tokens=MAX_TOKENS, messages=self.messages, stream=True
-        )
+        body = {"model": "firehose", "max_tokens": MAX_TOKENS, "messages": self.messages, "stream": True}
+        response = await self.anthropic.post("/v1/messages", body=body, cast_to=object, stream=True,
+                                             stream_cls=anthropic.AsyncStream[object])
         async with response:
             async for event in response:
-                if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                    parts.append(event.delta.text)
+                if event["type"] == "content_block_delta" and event["delta"]["type"] == "text_delta":
+                    parts.append(event["delta"]["text"])
         return len(parts), "".join(parts)
 
     async def _openai(self) -> tuple[int, str]:
+        import openai
+
         parts: list[str] = []
-        response = await self.openai.chat.completions.create(
-            model="firehose", messages=self.messages, stream=True,
-            stream_options={"include_usage": True}, max_tokens=MAX_TOKENS,
-        )
+        body = {"model": "firehose", "messages": self.messages, "stream": True,
+                "stream_options": {"include_usage": True}, "max_tokens": MAX_TOKENS}
+        response = await self.openai.post("/chat/completions", body=body, cast_to=object, stream=True,
+                                          stream_cls=openai.AsyncStream[object])
         async with response:
             async for chunk in response:
-                if chunk.choices:
-                    text = chunk.choices[0].delta.content
+                if chunk["choices"]:
+                    text = chunk["choices"][0]["delta"].get("content")
                     if text:
                         parts.append(text)
         return len(parts), "".join(parts)
