@@ -141,13 +141,8 @@ class Bare:
         import ollama
         import openai
 
-        # (the adapters' transport: the SDK's aiohttp one; see providers/openai.py)
-        timeout = anthropic.Timeout(None, connect=10.0)
-        self.anthropic = anthropic.AsyncAnthropic(max_retries=0, timeout=timeout,
-                                                  http_client=anthropic.DefaultAioHttpClient(timeout=timeout))
-        timeout = openai.Timeout(None, connect=10.0)
-        self.openai = openai.AsyncOpenAI(max_retries=0, timeout=timeout,
-                                         http_client=openai.DefaultAioHttpClient(timeout=timeout))
+        self.anthropic = anthropic.AsyncAnthropic(max_retries=0, timeout=anthropic.Timeout(None, connect=10.0))
+        self.openai = openai.AsyncOpenAI(max_retries=0, timeout=openai.Timeout(None, connect=10.0))
         self.ollama = ollama.AsyncClient(host=server.url, timeout=httpx.Timeout(None, connect=10.0))
         self.messages = [{"role": "user", "content": PROMPT}]
 

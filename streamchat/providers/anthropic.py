@@ -8,8 +8,8 @@ not ``httpx``), unwrapped — both are translated here.
 
 As for OpenAI (see ``providers/openai.py``), the stream is the SDK's own ``AsyncStream`` (its SSE
 decoding, ``error`` events and clean-up) of plain event dicts — ``client.post`` with
-``stream_cls=AsyncStream[object]``, the request ``messages.create`` sends — over the SDK's aiohttp
-transport: no pydantic model is built per token.
+``stream_cls=AsyncStream[object]``, the request ``messages.create`` sends: no pydantic model is
+built per token.
 """
 
 from __future__ import annotations
@@ -39,11 +39,9 @@ class AnthropicProvider(Provider):
     def _make_client(self) -> Any:
         import anthropic
 
-        timeout = anthropic.Timeout(None, connect=self.timeouts.connect)
         return anthropic.AsyncAnthropic(
             max_retries=0,  # the stream controller retries, visibly, for every provider alike
-            timeout=timeout,
-            http_client=anthropic.DefaultAioHttpClient(timeout=timeout),
+            timeout=anthropic.Timeout(None, connect=self.timeouts.connect),
         )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
