@@ -123,7 +123,12 @@ class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,
     virtual_size = quiet_virtual_size()
 
     def text_height(self, width: int) -> int:
-        """The height of its text at a content width of ``width``."""
+        """The height of its text at a content width of ``width`` (measured once per text and width:
+        the layout that follows a new text asks again)."""
+        at, height = self._height_at
+        return height if at == width else self._measure(width)
+
+    def _measure(self, width: int) -> int:
         return visualize(self, self._content, markup=False).get_height(self.styles, width)
 
     def set_content(self, content: Content) -> None:
@@ -137,7 +142,7 @@ class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,
             self._height_at = (-1, -1)
             self.update(content)
             return
-        height = self.text_height(width)
+        height = self._measure(width)
         same = self._height_at == (width, height) and self.content_size.height == height
         self._height_at = (width, height)
         if self._stretched:
