@@ -44,8 +44,8 @@ TOKEN_VIEW_INTERVAL = 0.1
 #: ``AnswerView._split_at``), so each parses on its own as the whole would (reference-style link
 #: definitions aside).
 CHUNK_BLOCKS = 12
-#: While an answer streams, its live Markdown widget keeps this many free lines under its text
-#: (see ``AnswerMarkdown.set_runway``)
+#: While an answer streams, its live Markdown widget is a multiple of this many lines high: up to
+#: this many free lines under its text (see ``AnswerMarkdown.set_runway``)
 RUNWAY_LINES = 6
 #: a block that may go on after a blank line (a list, a quote, anything indented, a table, HTML):
 #: never split after one
@@ -103,6 +103,12 @@ async def _make_exact(markdown: AnswerMarkdown) -> None:
         if not _shows_exactly(markdown):
             await markdown.update(markdown.source)
         markdown._exact = True
+
+
+def _runway_height(lines: int) -> int:
+    """The height of a live Markdown widget whose text takes ``lines`` lines: rounded up to a
+    multiple of RUNWAY_LINES."""
+    return -(-lines // RUNWAY_LINES) * RUNWAY_LINES
 
 
 class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,valid-type]
@@ -171,8 +177,11 @@ class AnswerMarkdown(Markdown):
     _stretched: _StreamParagraph | None = None  # its last block, when a paragraph fills the free lines
 
     def set_runway(self, on: bool) -> None:
-        """While on, the widget is given a fixed height: its text's and RUNWAY_LINES free lines
-        under it; once the text fills them, RUNWAY_LINES more. Its last block, when a paragraph
+        """While on, the widget is given a fixed height: its text's, rounded up to a multiple of
+        RUNWAY_LINES, which leaves free lines under the text; once the text fills them,
+        RUNWAY_LINES more. (Its height depends on its text only, never on when the frames came:
+        the same answer is laid out the same way on a fast machine and a loaded one.) Its last
+        block, when a paragraph
         (the usual case), is stretched over the free lines: a new line of the answer is drawn into
         one by repainting that paragraph — no layout at all. Only when the text outgrows the free
         lines does the widget grow (and the conversation with it, RUNWAY_LINES at a time); a new
@@ -191,7 +200,7 @@ class AnswerMarkdown(Markdown):
     def make_room(self, lines: int) -> None:
         """The stretched paragraph's text needs ``lines`` more lines than it has: grow."""
         if self._runway:
-            want = max(self._fixed_height, self.size.height + lines + RUNWAY_LINES)
+            want = max(self._fixed_height, _runway_height(self.size.height + lines))
             if want != self._fixed_height:
                 self._fixed_height = want
                 self.styles.height = want
@@ -208,19 +217,18 @@ class AnswerMarkdown(Markdown):
     def arrange(self, size: Size, optimal: bool = False) -> DockArrangeResult:
         arrangement = super().arrange(size, optimal)
         if self._runway:  # (the text's own height is known here, in the layout that changed it)
-            used = arrangement.total_region.bottom
-            fixed = want = self._fixed_height
-            if used and not fixed - 2 * RUNWAY_LINES <= used <= fixed:
-                want = used + RUNWAY_LINES
-            elif (stretched := self._stretched) is not None:  # its text may not fit what is left
+            used = arrangement.total_region.bottom  # (all of it when a paragraph is stretched)
+            fixed = self._fixed_height
+            if (stretched := self._stretched) is not None:  # its text may not fit what is left
                 for placement in arrangement.placements:
                     if placement.widget is stretched:
                         gutter = stretched.styles.gutter
                         have = placement.region.height - gutter.height
                         need = stretched.text_height(placement.region.width - gutter.width)
                         if need > have:
-                            want = fixed + need - have + RUNWAY_LINES
+                            used = max(used, fixed + need - have)
                         break
+            want = _runway_height(used) if used else fixed
             if want != fixed:
                 self._fixed_height = want
                 self.call_later(self._fix_height)
