@@ -17,7 +17,7 @@ from streamchat.config import Settings
 from streamchat.core.request import join_continuation
 from streamchat.testing.wire import CUTOFF_CONTINUATION, CUTOFF_FIRST, NORMAL_TEXT, NORMAL_TOKENS
 from streamchat.tui import make_app
-from streamchat.tui.chat import FRAME_S, ChatScreen
+from streamchat.tui.chat import FOLD_SCREENS, FRAME_S, ChatScreen
 from streamchat.tui.answer import AnswerView, TurnView
 from streamchat.tui.widgets import LaneStats
 
@@ -142,6 +142,71 @@ async def test_the_view_follows_the_answer_until_the_person_scrolls_up(server):
         assert view.state == "streaming"
         await press(pilot, "escape")
         await until(pilot, lambda: view.state == "cancelled", what="the cancel")
+
+
+async def test_a_long_answer_is_folded_away_far_from_the_window_and_unfolded_before_it_is_drawn(server):
+    """The finished Markdown widgets of a long answer further than FOLD_SCREENS windows from the
+    window are folded: their blocks are hidden behind a blank of the widget's own height, so a
+    layout arranges only the blocks near the window. Nothing moves when they fold; scrolling to one
+    unfolds it at once (before the next frame draws it); a new width unfolds them (their text
+    wraps anew) and those still far away fold again at the new width."""
+    server.firehose_tokens = 10000
+    app = app_for("openai:firehose")
+    async with app.run_test(size=(80, 24)) as pilot:
+        scroller = chat(app).scroller
+        await ask(pilot, "long")
+        view = last_answer(app)
+        await until(pilot, lambda: view.state == "done", timeout=30, what="the answer")
+        await pilot.pause(0.2)
+
+        def placed() -> list[tuple[int, int, bool]]:  # (top, bottom, folded) in the conversation
+            turn_y = view.parent.parent.virtual_region.y + view.parent.virtual_region.y
+            out = []
+            for markdown in view.markdowns:
+                top = turn_y + view.virtual_region.y + markdown.virtual_region.y
+                out.append((top, top + markdown.virtual_region.height, markdown.folded))
+            return out
+
+        def check_folding() -> None:
+            window = scroller.scrollable_content_region.height
+            for top, bottom, folded in placed():
+                near = bottom > scroller.scroll_y - window and top < scroller.scroll_y + 2 * window
+                far = bottom < scroller.scroll_y - FOLD_SCREENS * window or \
+                    top > scroller.scroll_y + (FOLD_SCREENS + 1) * window
+                assert not (near and folded) and not (far and not folded)
+
+        markdowns = view.markdowns
+        assert len(markdowns) >= 3 and sum(m.folded for m in markdowns) >= 2
+        check_folding()
+        # a layout arranges only the blocks near the window: those of a folded widget are hidden
+        assert not any(block.display for markdown in markdowns if markdown.folded for block in markdown.children)
+        assert view.text == "".join(server.tokens_for("firehose"))
+
+        folded_size = scroller.virtual_size  # nothing moves: unfolded, the answer is as tall
+        for markdown in markdowns:
+            markdown.unfold()
+        await pilot.pause(0.1)
+        assert scroller.virtual_size == folded_size
+        scroller.fold_far()
+        await pilot.pause(0.1)
+        assert scroller.virtual_size == folded_size and scroller.scroll_y == scroller.max_scroll_y
+
+        scroller.scroll_home(animate=False, immediate=True)  # (scroll_y now: its watcher unfolds)
+        assert not any(folded for top, _, folded in placed() if top < scroller.scrollable_content_region.height)
+        await pilot.pause(0.1)
+        check_folding()
+        first = view.markdown.children[0].region  # the first words, on screen
+        assert scroller.content_region.y <= first.y < scroller.content_region.bottom
+
+        await pilot.resize_terminal(100, 24)  # wider: the text wraps into fewer lines
+        await pilot.pause(0.3)
+        assert all(m._folded in (0, m.size.width) for m in markdowns)
+        check_folding()
+        narrower = scroller.virtual_size.height
+        for markdown in markdowns:
+            markdown.unfold()
+        await pilot.pause(0.1)
+        assert scroller.virtual_size.height == narrower < folded_size.height
 
 
 async def test_space_pauses_and_resumes(server):

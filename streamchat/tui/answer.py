@@ -13,6 +13,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
@@ -28,6 +29,7 @@ from .widgets import error_hint, neutralise, quiet_virtual_size, state_content
 
 if TYPE_CHECKING:
     from markdown_it import MarkdownIt
+    from textual.await_complete import AwaitComplete
     from textual.widget import AwaitMount
     from textual.widgets.markdown import MarkdownStream
 
@@ -176,6 +178,45 @@ class AnswerMarkdown(Markdown):
     _fixed_height = 0  # the height given while streaming (0: none yet)
     _stretched: _StreamParagraph | None = None  # its last block, when a paragraph fills the free lines
 
+    _folded = 0  # its blocks are folded away behind its own height, at this width (0: not)
+
+    def fold(self) -> None:
+        """Hide the blocks of this finished widget behind a blank of its own height (the
+        conversation does this far off-screen: see ``ConversationView.fold_far``). A layout of
+        the screen then skips its blocks: every layout arranged every block of the conversation,
+        and with the hundreds of paragraphs of a long answer one took 100-200 ms, a key waiting
+        behind it. Nothing moves, and nothing on the screen changes."""
+        if self._folded or self._runway or not self.children or not self.size:
+            return
+        self._folded = self.size.width
+        self.styles.height = self.size.height
+        for block in self.children:  # (not a CSS class: that restyled every block, ~35 ms)
+            block.display = False
+
+    def unfold(self) -> None:
+        """Show the blocks again (before it comes near the window, gets text, or is resized)."""
+        if self._folded:
+            self._folded = 0
+            for block in self.children:
+                block.display = True
+            self.styles.height = None  # (the stylesheet's: auto)
+
+    @property
+    def folded(self) -> bool:
+        return bool(self._folded)
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._folded and event.size.width != self._folded:  # (its text wraps otherwise now)
+            self.unfold()
+
+    def update(self, markdown: str) -> AwaitComplete:
+        self.unfold()
+        return super().update(markdown)
+
+    def append(self, markdown: str) -> AwaitComplete:
+        self.unfold()
+        return super().append(markdown)
+
     def set_runway(self, on: bool) -> None:
         """While on, the widget is given a fixed height: its text's, rounded up to a multiple of
         RUNWAY_LINES, which leaves free lines under the text; once the text fills them,
@@ -190,6 +231,7 @@ class AnswerMarkdown(Markdown):
         view scrolled and every line on the screen was drawn again.) Off, the widget is as tall
         as its text again."""
         if on:
+            self.unfold()
             self._runway = True
         elif self._runway:
             self._runway = False
@@ -347,6 +389,11 @@ class AnswerView(Vertical):
         return self.markdown.source
 
     @property
+    def markdowns(self) -> tuple[AnswerMarkdown, ...]:
+        """Its Markdown widgets, in order (``markdown`` and the chunks after it)."""
+        return (self.markdown, *self._chunks)
+
+    @property
     def _live_markdown(self) -> AnswerMarkdown:
         return self._chunks[-1] if self._chunks else self.markdown
 
@@ -384,6 +431,13 @@ class AnswerView(Vertical):
         """Write what arrived since the last frame: one MarkdownStream write per Markdown widget
         it fills (a burst that holds many blocks goes into several widgets, one after another, so
         that no step mounts more than about CHUNK_BLOCKS blocks while a key waits)."""
+        await self._write_pending()
+        if self._tokens_dirty and self.has_class("-tokens"):
+            now = time.monotonic()
+            if now - self._tokens_rendered_at >= TOKEN_VIEW_INTERVAL:
+                self.render_tokens()
+
+    async def _write_pending(self) -> None:
         if self._pending and self._md_stream is not None:
             text = "".join(self._pending)
             self._pending.clear()
@@ -393,10 +447,6 @@ class AnswerView(Vertical):
                 text = text[split:]
             self._live_text += text
             await self._md_stream.write(text)
-        if self._tokens_dirty and self.has_class("-tokens"):
-            now = time.monotonic()
-            if now - self._tokens_rendered_at >= TOKEN_VIEW_INTERVAL:
-                self.render_tokens()
 
     def _split_at(self, text: str) -> int | None:
         """The first place in ``text`` where a new Markdown widget may start, once the live widget
@@ -454,7 +504,9 @@ class AnswerView(Vertical):
         md_stream, self._md_stream = self._md_stream, None
         self._live_markdown.set_runway(False)
         if md_stream is not None:
-            if self._pending:
+            if self._pending:  # (what came with the end: in one go — split into Markdown widgets
+                # of CHUNK_BLOCKS, each mounted in turn, the answer was complete on screen ~0.15 s
+                # later after a firehose)
                 await md_stream.write("".join(self._pending))
                 self._pending.clear()
             await md_stream.stop()
@@ -475,7 +527,7 @@ class AnswerView(Vertical):
             # chunks allow: each starts a block of its own (see _split_at). Re-mounting every
             # block of a long answer took most of a second, with keys waiting. The chunks closed
             # while streaming were checked then (see _next_chunk).
-            for markdown in (self.markdown, *self._chunks):
+            for markdown in self.markdowns:
                 await _make_exact(markdown)
         if "".join(p[0] for p in self.pieces) != text:  # e.g. a continuation joined with overlap
             self._reconcile_pieces(text)

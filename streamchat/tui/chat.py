@@ -70,6 +70,9 @@ FRAME_MAX_S = 0.2
 CPU_BUDGET = 0.3
 #: the CPU share is measured over at least this long (seconds)
 CPU_WINDOW_S = 0.3
+#: the finished Markdown widgets of the conversation more than this many windows away from the
+#: window are folded away (see ConversationView.fold_far)
+FOLD_SCREENS = 2
 #: While an answer streams, the garbage collector's full (generation 2) collections are held off
 #: (its third threshold is raised to this): each scans every object the growing answer made —
 #: measured, 32 of them in a 6,000-token answer took 1.6 s in all and up to 100 ms each, keys
@@ -144,6 +147,42 @@ class ConversationView(VerticalScroll):
 
     def watch_virtual_size(self) -> None:
         self._check_follow()
+        self.fold_far()
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if round(old) != round(new):
+            self.fold_far()
+
+    def fold_far(self) -> None:
+        """Fold away the blocks of the finished Markdown widgets of the conversation that are
+        more than FOLD_SCREENS windows above or below the window, and unfold those that come
+        within one (before they are drawn: this runs as the view scrolls, and as the content
+        grows). A layout then arranges the blocks near the window only, however long the
+        conversation (see ``AnswerMarkdown.fold``)."""
+        height = self.scrollable_content_region.height
+        if height <= 0:
+            return
+        top = self.scroll_y
+        near_top, near_bottom = top - height, top + 2 * height
+        far_top, far_bottom = top - FOLD_SCREENS * height, top + (FOLD_SCREENS + 1) * height
+        for turn in self.children:
+            answers = getattr(turn, "answers", None)  # (a TurnView; answer.py loads late)
+            if not answers:
+                continue
+            turn_y = turn.virtual_region.y
+            for view in answers:
+                base = turn_y + view.parent.virtual_region.y + view.virtual_region.y
+                for markdown in view.markdowns:
+                    region = markdown.virtual_region
+                    if not region.height:  # (not shown: the token view)
+                        continue
+                    y = base + region.y
+                    if markdown.folded:
+                        if y + region.height > near_top and y < near_bottom:
+                            markdown.unfold()
+                    elif y + region.height < far_top or y > far_bottom:
+                        markdown.fold()
 
     def watch_has_focus(self, _has_focus: bool) -> None:
         """Restyle only this container on focus changes (its ``:focus`` tint); Textual's default
