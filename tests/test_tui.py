@@ -210,7 +210,8 @@ async def test_a_long_answer_is_folded_away_far_from_the_window_and_unfolded_bef
 
 
 async def test_space_pauses_and_resumes(server):
-    """space shows "paused" at once; nothing arrives while paused; space again finishes it."""
+    """space shows "paused" at once; nothing arrives while paused; space again finishes it; in the
+    prompt, space types a space."""
     server.slow_rate, server.slow_tokens = 25, 40
     app = app_for("openai:slow")
     async with app.run_test(size=SIZE) as pilot:
@@ -228,6 +229,13 @@ async def test_space_pauses_and_resumes(server):
         assert len(text) < len(slow_text(server))
         await press(pilot, "space")
         await until(pilot, lambda: view.state in ("streaming", "waiting", "done"), timeout=1, what="resumed")
+        # in the prompt, space is a space (the pause key is the app's first, but not there)
+        screen = chat(app)
+        await press(pilot, "i")
+        await until(pilot, lambda: screen.focused is screen.prompt, what="the prompt")
+        await press(pilot, "a", "space", "b")
+        await until(pilot, lambda: screen.prompt.value == "a b", what="a space typed")
+        assert view.state != "paused" and answer.stream.state != "paused"
         await until(pilot, lambda: view.state == "done", what="the end after resuming")
         assert view.text == slow_text(server)
         assert answer.stream.stats().paused_s >= 0.6

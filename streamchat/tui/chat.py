@@ -197,8 +197,11 @@ class ChatScreen(Screen):
     CSS_PATH = "chat.tcss"
 
     BINDINGS = [
-        Binding("space", "pause", "Pause"),
-        Binding("space", "resume", "Resume"),
+        # priority: handled as the app takes the key, not after it has passed to the focused
+        # widget and up (a step at a time, each waiting its turn behind a layout under a
+        # firehose); check_action lets space through to the prompt
+        Binding("space", "pause", "Pause", priority=True),
+        Binding("space", "resume", "Resume", priority=True),
         Binding("escape", "stop", "Stop"),
         Binding("escape", "answer_keys", "Answer keys"),
         Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
