@@ -141,3 +141,63 @@ async def test_a_streaming_answer_grows_into_free_lines_and_the_conversation_gro
         live = view._live_markdown
         text_bottom = max(block.region.bottom for block in live.children) - live.region.y
         assert live.size.height == text_bottom + 1  # (the last paragraph's bottom margin)
+
+
+async def test_paragraphs_share_their_inline_styles_which_follow_the_theme():
+    """Every paragraph of an answer shows inline code, emphasis and strong text as a stock Textual
+    Markdown paragraph does — though one paragraph computes those styles and the others share them
+    — also after a theme change, and after the paragraph that computed them is gone (with the
+    others, or alone)."""
+    from textual.widgets import Markdown
+
+    text = "One `code` and *em* and **strong**.\n\nTwo `code` and *em*.\n\nThree `code`.\n"
+
+    class Both(OneAnswer):
+        def compose(self) -> ComposeResult:
+            yield from super().compose()
+            yield Markdown(text, id="stock")
+
+    def inline(paragraph) -> list[tuple]:
+        return [(name, str(paragraph.get_visual_style(name).background), str(paragraph.get_visual_style(name).foreground),
+                 paragraph.get_visual_style(name).italic, paragraph.get_visual_style(name).bold)
+                for name in ("code_inline", "em", "strong", "s")]
+
+    async def stream(view, pilot) -> None:
+        await view.begin("s1", fresh=True)
+        for i, piece in enumerate(text[j:j + 4] for j in range(0, len(text), 4)):
+            view.take(Token(stream_id="s1", text=piece, index=i))
+            await view.flush()
+        await view.finish("completed", text)
+        await pilot.pause()
+
+    app = Both()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        stock = app.query_one("#stock", Markdown).children[0]
+        view = app.view
+        await stream(view, pilot)
+        paragraphs = list(view.markdown.children)
+        assert len(paragraphs) == 3
+        assert all(inline(p) == inline(stock) for p in paragraphs)
+        before = inline(stock)
+        app.theme = "textual-light" if app.theme != "textual-light" else "nord"
+        await pilot.pause()
+        assert inline(stock) != before  # (the theme changes how inline code looks)
+        assert all(inline(p) == inline(stock) for p in paragraphs)
+        # the paragraphs that computed the styles are gone; the theme changes; a new answer
+        await view.begin("s0", fresh=True)
+        await pilot.pause()
+        assert all(not p.is_attached for p in paragraphs)
+        before = inline(stock)
+        app.theme = "dracula"
+        await pilot.pause()
+        assert inline(stock) != before
+        await stream(view, pilot)
+        assert len(view.markdown.children) == 3
+        assert all(inline(p) == inline(stock) for p in view.markdown.children)
+        # the paragraph that computed them is removed, the others stay; the theme changes
+        first, *others = view.markdown.children
+        await first.remove()
+        app.theme = "textual-dark"
+        await pilot.pause()
+        assert all(inline(p) == inline(stock) for p in others)
