@@ -256,9 +256,8 @@ class AnswerMarkdown(Markdown):
         RUNWAY_LINES, which leaves free lines under the text; once the text fills them,
         RUNWAY_LINES more. (Its height depends on its text only, never on when the frames came:
         the same answer is laid out the same way on a fast machine and a loaded one.) Its last
-        block, when a paragraph
-        (the usual case), is stretched over the free lines: a new line of the answer is drawn into
-        one by repainting that paragraph — no layout at all. Only when the text outgrows the free
+        block, when a paragraph (the usual case), is stretched over the free lines: a new line of
+        the answer is drawn into one by repainting that paragraph — no layout at all. Only when the text outgrows the free
         lines does the widget grow (and the conversation with it, RUNWAY_LINES at a time); a new
         block is laid out inside the widget, and nothing outside it moves. (Without the free
         lines, each new line re-arranged every container up to the conversation, which grew: the
@@ -465,13 +464,6 @@ class AnswerView(Vertical):
         """Write what arrived since the last frame: one MarkdownStream write per Markdown widget
         it fills (a burst that holds many blocks goes into several widgets, one after another, so
         that no step mounts more than about CHUNK_BLOCKS blocks while a key waits)."""
-        await self._write_pending()
-        if self._tokens_dirty and self.has_class("-tokens"):
-            now = time.monotonic()
-            if now - self._tokens_rendered_at >= TOKEN_VIEW_INTERVAL:
-                self.render_tokens()
-
-    async def _write_pending(self) -> None:
         if self._pending and self._md_stream is not None:
             text = "".join(self._pending)
             self._pending.clear()
@@ -481,6 +473,10 @@ class AnswerView(Vertical):
                 text = text[split:]
             self._live_text += text
             await self._md_stream.write(text)
+        if self._tokens_dirty and self.has_class("-tokens"):
+            now = time.monotonic()
+            if now - self._tokens_rendered_at >= TOKEN_VIEW_INTERVAL:
+                self.render_tokens()
 
     def _split_at(self, text: str) -> int | None:
         """The first place in ``text`` where a new Markdown widget may start, once the live widget
