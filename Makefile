@@ -1,5 +1,5 @@
 # Two commands do all the set-up (see README):
-#   make run    install everything into .venv (first time: ~8 min, llama.cpp compiles) and open streamchat
+#   make run    install everything into .venv (first time: ~10 min, llama.cpp compiles) and open streamchat
 #   make test   install if needed, then run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -qq --upgrade pip
-	@echo "Installing streamchat and its dependencies (the first time, llama-cpp-python compiles: ~8 min on 2 cores)…"
+	@echo "Installing streamchat and its dependencies (the first time, llama-cpp-python compiles: ~10 min on 2 cores)…"
 	@$(BIN)/python -m pip install -qq --progress-bar off -e '.[test]'
 	@$(BIN)/python -m compileall -q streamchat  # an editable install compiles nothing
 	@touch $(STAMP)
