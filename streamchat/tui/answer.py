@@ -147,10 +147,6 @@ class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,
         if donor is not None and donor is not self:
             return frozenset()
         _StreamParagraph._donor = self
-        return type(self)._inline_classes()
-
-    @classmethod
-    def _inline_classes(cls) -> frozenset[str]:
         return super()._get_component_classes()
 
     def get_component_styles(self, *names: str) -> RenderStyles:
@@ -257,9 +253,10 @@ class AnswerMarkdown(Markdown):
         RUNWAY_LINES more. (Its height depends on its text only, never on when the frames came:
         the same answer is laid out the same way on a fast machine and a loaded one.) Its last
         block, when a paragraph (the usual case), is stretched over the free lines: a new line of
-        the answer is drawn into one by repainting that paragraph — no layout at all. Only when the text outgrows the free
-        lines does the widget grow (and the conversation with it, RUNWAY_LINES at a time); a new
-        block is laid out inside the widget, and nothing outside it moves. (Without the free
+        the answer is drawn into one by repainting that paragraph — no layout at all. Only when
+        the text outgrows the free lines does the widget grow (and the conversation with it,
+        RUNWAY_LINES at a time); a new block is laid out inside the widget, and nothing outside
+        it moves. (Without the free
         lines, each new line re-arranged every container up to the conversation, which grew: the
         view scrolled and every line on the screen was drawn again.) Off, the widget is as tall
         as its text again."""
