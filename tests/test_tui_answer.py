@@ -158,9 +158,8 @@ async def test_paragraphs_share_their_inline_styles_which_follow_the_theme():
             yield Markdown(text, id="stock")
 
     def inline(paragraph) -> list[tuple]:
-        return [(name, str(paragraph.get_visual_style(name).background), str(paragraph.get_visual_style(name).foreground),
-                 paragraph.get_visual_style(name).italic, paragraph.get_visual_style(name).bold)
-                for name in ("code_inline", "em", "strong", "s")]
+        styles = [paragraph.get_visual_style(name) for name in ("code_inline", "em", "strong", "s")]
+        return [(str(style.background), str(style.foreground), style.italic, style.bold) for style in styles]
 
     async def stream(view, pilot) -> None:
         await view.begin("s1", fresh=True)
