@@ -116,6 +116,68 @@ async def test_prompt_streams_the_answer_as_markdown(server):
         assert stats.state == "done" and any(stats.rates)
 
 
+async def test_the_stats_refresh_within_frames_while_streaming_and_on_their_own_while_paused(server):
+    """While frames come, the stats panel is refreshed inside them (one screen update, not two):
+    its timer leaves it alone. Paused, no frames come, and the timer refreshes it (the paused
+    seconds go on)."""
+    server.slow_rate, server.slow_tokens = 100, 3000
+    app = app_for("openai:slow")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = chat(app)
+        await ask(pilot, "hello")
+        view = last_answer(app)
+        stats = screen.query_one(LaneStats)
+        await until(pilot, lambda: view.state == "streaming", what="the answer to stream")
+        frames = screen.frames
+        await until(pilot, lambda: screen.frames > frames + 3, what="frames")
+        ticked = stats.ticked_at
+        screen._tick_stats()  # the timer's call: a frame came less than a refresh ago
+        assert stats.ticked_at == ticked
+        await pilot.pause(0.6)
+        assert stats.ticked_at > ticked  # (refreshed by the frames)
+        await press(pilot, "space")
+        await until(pilot, lambda: view.state == "paused", what="the pause")
+        await pilot.pause(0.3)  # (the frame that shows the pause)
+        frames = screen.frames
+        ticked = stats.ticked_at
+        await pilot.pause(1.2)
+        assert screen.frames == frames and stats.ticked_at > ticked  # (by the timer)
+        assert "paused" in str(stats.figures.render())
+        await press(pilot, "escape")
+        await until(pilot, lambda: view.state == "cancelled", what="the stop")
+
+
+async def test_the_rate_line_draws_the_bars_textual_sparkline_draws():
+    """The stats panel's rate line draws, for the same samples and width, the bars Textual's
+    Sparkline renderable draws (its bars, its buckets, each summed up by max)."""
+    from rich.console import Console
+    from textual.app import App
+    from textual.renderables.sparkline import Sparkline as SparklineRenderable
+
+    from streamchat.tui.widgets import RateLine
+
+    samples = [0.0] * 30 + [2.0, 6, 9, 8, 9, 10, 9, 8, 10, 9, 9, 10, 3, 0, 0, 40, 38, 12] * 5
+
+    class Line(App):
+        def compose(self):
+            yield RateLine(samples, summary_function=max)
+
+    for width in (60, 45, 24):
+        app = Line()
+        async with app.run_test(size=(width, 3)) as pilot:
+            await pilot.pause()
+            line = app.query_one(RateLine)
+            drawn = line.render_line(0).text
+            console = Console(width=width, color_system=None, file=None)
+            with console.capture() as capture:
+                console.print(SparklineRenderable(samples, width=width, summary_function=max), end="")
+            assert drawn == capture.get()
+            assert len(set(drawn)) >= 4  # (bars of several heights)
+            line.data = [0.0] * 10
+            await pilot.pause()
+            assert line.render_line(0).text == "▁" * width
+
+
 async def test_the_view_follows_the_answer_until_the_person_scrolls_up(server):
     # (long enough to go on streaming through every step below, also on a loaded machine: the
     # conversation grows RUNWAY_LINES at a time)

@@ -15,11 +15,14 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from rich.segment import Segment
+from rich.style import Style
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.geometry import Size
 from textual.reactive import Reactive
+from textual.strip import Strip
 from textual.widgets import Sparkline, Static
 
 from ..core.errors import (
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 
     from ..core.stream import Stream
 
-__all__ = ["STATES", "LaneStats", "StatusBar", "error_hint", "neutralise", "quiet_virtual_size",
+__all__ = ["STATES", "LaneStats", "RateLine", "StatusBar", "error_hint", "neutralise", "quiet_virtual_size",
            "state_content"]
 
 #: display state → (label, colour variable)
@@ -89,6 +92,56 @@ def error_hint(error: StreamchatError | None, has_partial: bool, key_env: str | 
     return f"→ {keys}"
 
 
+class RateLine(Sparkline):
+    """Textual's ``Sparkline`` drawn as one line of eight bar heights, each its own colour between
+    the min and max colours (the same CSS and component classes, the same bars).
+
+    Textual's renders through Rich, with fractions to bucket the samples and a colour blended per
+    bar: ~3 ms a frame for 120 samples, 1–1.5 % of a core at four frames a second. This is one
+    strip of at most eight styles, kept until the samples, the width or the colours change."""
+
+    BARS = "▁▂▃▄▅▆▇█"
+
+    _strip: tuple[object, Strip] | None = None  # (what it was drawn from, the strip)
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        _, base = self.background_colors
+        if y or width <= 0:
+            return Strip.blank(width, Style(bgcolor=base.rich_color))
+        low = base + self.get_component_styles("sparkline--min-color").color
+        high = base + self.get_component_styles("sparkline--max-color").color
+        data = tuple(self.data or ())
+        key = (data, width, low, high, base)
+        if self._strip is not None and self._strip[0] == key:
+            return self._strip[1]
+        levels = len(self.BARS) - 1
+        styles = [Style(color=low.blend(high, level / levels).rich_color, bgcolor=base.rich_color)
+                  for level in range(levels + 1)]
+        if not data:
+            bars = [0] * width
+        else:
+            count = len(data)
+            if count >= width:  # each bar sums up (the summary function) the samples under it
+                summary = self.summary_function
+                values = [summary(data[count * i // width:count * (i + 1) // width]) for i in range(width)]
+            else:  # fewer samples than columns: each sample is as wide as it can be
+                values = [data[i * count // width] for i in range(width)]
+            lowest, highest = min(values), max(values)
+            extent = (highest - lowest) or 1
+            bars = [int((value - lowest) / extent * levels) for value in values]
+        segments: list[Segment] = []
+        start = 0
+        for x in range(1, width + 1):  # one segment per run of equal bars
+            if x == width or bars[x] != bars[start]:
+                level = bars[start]
+                segments.append(Segment(self.BARS[level] * (x - start), styles[level]))
+                start = x
+        strip = Strip(segments, width)
+        self._strip = (key, strip)
+        return strip
+
+
 class LaneStats(Vertical):
     """Live figures of one lane, refreshed by :meth:`tick` a few times a second."""
 
@@ -127,7 +180,7 @@ class LaneStats(Vertical):
         super().__init__(id=id)
         self.model_id = model_id
         self.title = title or model_id  # the border's title (a pipeline's lane: stage · model)
-        self.sparkline = Sparkline([], summary_function=max)
+        self.sparkline = RateLine([], summary_function=max)
         self.figures = Static("no answer yet", classes="stats--figures", markup=False)
         self.stream: Stream | None = None
         self.rates: deque[float] = deque(maxlen=self.SAMPLES)
@@ -135,6 +188,7 @@ class LaneStats(Vertical):
         #: tokens and seconds of the earlier streams of this answer (a continuation adds to them)
         self._carry: tuple[int, float] = (0, 0.0)
         self.state = "idle"
+        self.ticked_at = float("-inf")  # when tick() last ran (time.monotonic)
 
     def compose(self) -> ComposeResult:
         yield self.sparkline
@@ -180,7 +234,7 @@ class LaneStats(Vertical):
         if stream is None:
             return
         stats = stream.stats()
-        now = time.monotonic()
+        now = self.ticked_at = time.monotonic()
         if not stream.done:
             if self._last is not None:
                 t0, n0 = self._last
