@@ -9,11 +9,12 @@ import random
 import pytest
 from textual.app import App, ComposeResult
 from textual.containers import VerticalScroll
+from textual.selection import Selection
 from textual.widgets.markdown import MarkdownBlock
 
 from streamchat.core.events import Token
 from streamchat.theming import load_theme
-from streamchat.tui.answer import CHUNK_BLOCKS, RUNWAY_LINES, AnswerView, _shows_exactly
+from streamchat.tui.answer import CHUNK_BLOCKS, RUNWAY_LINES, AnswerView, _shows_exactly, _StreamParagraph
 
 
 def long_answer(paragraphs: int) -> str:
@@ -52,6 +53,12 @@ def blocks(markdown) -> int:
     return sum(isinstance(child, MarkdownBlock) for child in markdown.children)
 
 
+def shown_blocks(markdown) -> list[str]:
+    """The blocks a Markdown widget shows (a paragraph widget may show several: see take_in)."""
+    return [block.name for block in markdown.children if isinstance(block, MarkdownBlock)
+            for _ in range(block.paragraphs if isinstance(block, _StreamParagraph) else 1)]
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_a_long_answer_streamed_in_bursts_is_shown_as_one_parse_shows_it(seed):
     text = long_answer(90)
@@ -84,8 +91,7 @@ async def test_a_long_answer_streamed_in_bursts_is_shown_as_one_parse_shows_it(s
         from markdown_it import MarkdownIt
 
         whole = [t.type for t in MarkdownIt("gfm-like").parse(text) if t.level == 0 and t.map]
-        shown = [block.name for markdown in widgets for block in markdown.children
-                 if isinstance(block, MarkdownBlock)]
+        shown = [name for markdown in widgets for name in shown_blocks(markdown)]
         assert shown == whole
 
 
@@ -162,10 +168,11 @@ async def test_paragraphs_share_their_inline_styles_which_follow_the_theme():
         return [(str(style.background), str(style.foreground), style.italic, style.bold) for style in styles]
 
     async def stream(view, pilot) -> None:
+        # (in one frame: a paragraph a frame would be drawn by the one before it — see take_in)
         await view.begin("s1", fresh=True)
-        for i, piece in enumerate(text[j:j + 4] for j in range(0, len(text), 4)):
+        for i, piece in enumerate(text[j:j + 40] for j in range(0, len(text), 40)):
             view.take(Token(stream_id="s1", text=piece, index=i))
-            await view.flush()
+        await view.flush()
         await view.finish("completed", text)
         await pilot.pause()
 
@@ -200,3 +207,94 @@ async def test_paragraphs_share_their_inline_styles_which_follow_the_theme():
         app.theme = "textual-dark"
         await pilot.pause()
         assert all(inline(p) == inline(stock) for p in others)
+
+
+def screen_cells(app, rows: int) -> list[list[tuple]]:
+    """What the top ``rows`` lines of the screen show: per cell, its character and how it looks."""
+    cells = []
+    for strip in app.screen._compositor.render_strips()[:rows]:
+        line = []
+        for segment in strip:
+            style = segment.style
+            look = (None if style is None else
+                    (str(style.color), str(style.bgcolor), style.bold, style.italic, style.underline))
+            line.extend((char, look) for char in segment.text)
+        cells.append(line)
+    return cells
+
+
+async def test_new_paragraphs_are_drawn_by_the_streaming_paragraph_and_look_as_widgets_would():
+    """While an answer streams slowly, a new paragraph after the stretched last one is drawn by
+    that paragraph (no widget is mounted, nothing laid out), and it stays so when the answer is
+    done. The screen shows, while it streams and when it is done, exactly what a widget per block
+    shows: the same characters, colours, emphasis and inline code. Each paragraph counts as a block
+    of the parse. A paragraph that turns out to be another block (a list) gets a widget of its
+    own, and the paragraphs before it stay."""
+    paragraphs = [f"Paragraph {i}: with `code {i}`, *emphasis* and **strong** words that wrap "
+                  f"over more than one line of the answer, as a model writes them." for i in range(5)]
+    text = "\n\n".join([*paragraphs[:3], "1. a list that began as a paragraph", "- and goes on",
+                        *paragraphs[3:]]) + "\n"
+    app = OneAnswer()
+    async with app.run_test(size=(80, 40)) as pilot:
+        view = app.view
+        await view.begin("s1", fresh=True)
+        await pilot.pause()
+        live = view._live_markdown
+        took_in = 0
+        for index, at in enumerate(range(0, len(text), 3)):  # a frame every 3 characters
+            view.take(Token(stream_id="s1", text=text[at:at + 3], index=index))
+            await view.flush()
+            await pilot.pause(0)
+            stretched = live._stretched
+            if stretched is not None:
+                took_in = max(took_in, stretched.paragraphs)
+        await pilot.pause()
+        assert len(view._chunks) == 0  # (one Markdown widget: fewer than CHUNK_BLOCKS blocks)
+        # paragraphs 0–2 were drawn by one widget, so were 3–4 after the list
+        assert took_in == 3
+        assert blocks(live) == 4  # paragraphs 0–2 · the list · the other list · paragraphs 3–4
+        assert _shows_exactly(live)  # (each paragraph of a widget counted as a block)
+        streamed = screen_cells(app, 40)
+
+        await view.finish("completed", text)
+        await pilot.pause()
+        assert blocks(live) == 4 and _shows_exactly(live)  # (not parsed again)
+        rows = max(block.region.bottom for block in live.children)  # (the rest: free lines, then)
+        assert 15 < rows < 40
+        done = screen_cells(app, rows)
+        assert done[1:] == streamed[1:rows]  # (under the header: its state changed)
+        assert any("`" not in "".join(c for c, _ in line) and "code 1" in "".join(c for c, _ in line)
+                   for line in done)  # (inline code shown as code)
+        selected = live.children[0].get_selection(Selection(None, None))
+        plain = [paragraph.replace("`", "").replace("*", "") for paragraph in paragraphs[:3]]
+        assert selected == ("\n\n".join(plain), "\n")  # (selecting all of it copies its text)
+
+        await live.update(text)  # a widget per block
+        await pilot.pause()
+        assert blocks(live) == 7
+        assert screen_cells(app, rows) == done
+
+
+@pytest.mark.parametrize(("size", "step"), [((60, 20), RUNWAY_LINES), ((100, 40), 10), ((100, 60), 12)])
+async def test_the_free_lines_of_a_streaming_answer_come_in_steps_that_grow_with_the_screen(size, step):
+    """A streaming answer's live widget grows a step of free lines at a time: RUNWAY_LINES on a
+    small screen, a quarter of a taller one's height (up to twice RUNWAY_LINES) — each step
+    scrolls the conversation, which draws every line on the screen again."""
+    from streamchat.tui.answer import runway_lines
+
+    assert runway_lines(size[1]) == step
+    app = OneAnswer()
+    async with app.run_test(size=size) as pilot:
+        view = app.view
+        await view.begin("s1", fresh=True)
+        heights = set()
+        for index in range(160):
+            view.take(Token(stream_id="s1", text="word by word the answer grows ", index=index))
+            await view.flush()
+            await pilot.pause(0)
+            heights.add(view._live_markdown.size.height)
+        await pilot.pause()
+        heights.add(view._live_markdown.size.height)
+        heights = sorted(heights)[1:]  # (the first: its text's, before the first layout gave it one)
+        assert len(heights) >= 3
+        assert all(height % step == 0 for height in heights), heights

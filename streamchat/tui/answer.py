@@ -17,10 +17,10 @@ from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.layout import DockArrangeResult
-from textual.visual import visualize
-from textual.widget import Widget
+from textual.visual import Visual, visualize
+from textual.widget import AwaitMount, Widget, _RenderCache
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownBlock
 
@@ -31,13 +31,16 @@ if TYPE_CHECKING:
     from markdown_it import MarkdownIt
     from textual.await_complete import AwaitComplete
     from textual.css.styles import RenderStyles
-    from textual.widget import AwaitMount
+    from textual.css.types import RulesMap
+    from textual.strip import Strip
+    from textual.style import Style
+    from textual.visual import RenderOptions
     from textual.widgets.markdown import MarkdownStream
 
     from ..core.errors import StreamchatError
     from ..theming import Theme
 
-__all__ = ["CHUNK_BLOCKS", "RUNWAY_LINES", "AnswerView", "TurnView"]
+__all__ = ["CHUNK_BLOCKS", "RUNWAY_LINES", "AnswerView", "TurnView", "runway_lines"]
 
 #: the coloured token view is re-rendered at most this often while streaming (seconds)
 TOKEN_VIEW_INTERVAL = 0.1
@@ -48,7 +51,8 @@ TOKEN_VIEW_INTERVAL = 0.1
 #: definitions aside).
 CHUNK_BLOCKS = 12
 #: While an answer streams, its live Markdown widget is a multiple of this many lines high: up to
-#: this many free lines under its text (see ``AnswerMarkdown.set_runway``)
+#: this many free lines under its text (see ``AnswerMarkdown.set_runway``) — more in a taller
+#: terminal, a quarter of its height, up to twice this (see ``runway_lines``)
 RUNWAY_LINES = 6
 #: a block that may go on after a blank line (a list, a quote, anything indented, a table, HTML):
 #: never split after one
@@ -95,7 +99,12 @@ def _shows_exactly(markdown: Markdown) -> bool:
     want = [(t.type, tuple(t.map)) for t in tokens if t.level == 0 and t.map is not None]
     if any(kind not in _BLOCK_TOKENS for kind, _ in want):
         return False
-    have = [(b.name, tuple(b.source_range)) for b in markdown.children if isinstance(b, MarkdownBlock)]
+    have = []
+    for block in markdown.children:
+        if isinstance(block, _StreamParagraph):  # (perhaps a run of paragraphs: see take_in)
+            have.extend((block.name, tuple(lines)) for lines in block.block_ranges)
+        elif isinstance(block, MarkdownBlock):
+            have.append((block.name, tuple(block.source_range)))
     return have == want
 
 
@@ -108,10 +117,57 @@ async def _make_exact(markdown: AnswerMarkdown) -> None:
         markdown._exact = True
 
 
-def _runway_height(lines: int) -> int:
+def runway_lines(screen_height: int) -> int:
+    """The step a live Markdown widget grows by on a screen ``screen_height`` lines high: a quarter
+    of it, from RUNWAY_LINES to twice that. Each step makes the conversation taller and, while it
+    follows the answer, scrolls it — every line on the screen drawn again (25–50 ms at 120×40):
+    on a taller screen a step is as many lines of the answer as the conversation shows more."""
+    return min(2 * RUNWAY_LINES, max(RUNWAY_LINES, screen_height // 4))
+
+
+def _runway_height(lines: int, step: int) -> int:
     """The height of a live Markdown widget whose text takes ``lines`` lines: rounded up to a
-    multiple of RUNWAY_LINES."""
-    return -(-lines // RUNWAY_LINES) * RUNWAY_LINES
+    multiple of ``step``."""
+    return -(-lines // step) * step
+
+
+class _RunVisual(Visual):
+    """What a paragraph that took in the paragraphs after it shows (see ``_StreamParagraph.take_in``):
+    the paragraphs before the live one, a blank line after each (as the margin under a paragraph
+    widget), then the live one. Its height is measured once per width for the earlier ones (kept
+    in ``cache``, the widget's); the widget draws them once per width and style (see
+    ``_StreamParagraph._render_content``)."""
+
+    def __init__(self, done: Content, live: Content, cache: dict[object, Any]) -> None:
+        self.done = done  # the earlier paragraphs, a blank line after each
+        self.live = live
+        self._cache = cache
+
+    @property
+    def whole(self) -> Content:
+        """All of its paragraphs as one content (a blank line after each but the last)."""
+        return self.done + "\n" + self.live
+
+    def render_strips(self, width: int, height: int | None, style: Style,
+                      options: RenderOptions) -> list[Strip]:
+        return self.whole.render_strips(width, height, style, options)
+
+    def get_optimal_width(self, rules: RulesMap, container_width: int) -> int:
+        return max(self.done.get_optimal_width(rules, container_width),
+                   self.live.get_optimal_width(rules, container_width))
+
+    def get_minimal_width(self, rules: RulesMap) -> int:
+        return max(self.done.get_minimal_width(rules), self.live.get_minimal_width(rules))
+
+    def done_height(self, rules: RulesMap, width: int) -> int:
+        key = ("height", width)
+        height = self._cache.get(key)
+        if height is None:
+            height = self._cache[key] = self.done.get_height(rules, width)
+        return height
+
+    def get_height(self, rules: RulesMap, width: int) -> int:
+        return self.done_height(rules, width) + self.live.get_height(rules, width)
 
 
 class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,valid-type]
@@ -128,6 +184,10 @@ class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,
 
     _height_at: tuple[int, int] = (-1, -1)  # (content width, height) of the text shown
     _stretched = False  # filling the free lines of a streaming answer's live Markdown widget
+    #: the paragraphs it took in before its live one (see :meth:`take_in`), and what they look like
+    _done: tuple[Content, ...] = ()
+    _done_ranges: tuple[tuple[int, int], ...] = ()  # (their source lines)
+    _done_cache: dict[object, Any] | None = None
     #: the paragraph whose inline styles (``em``, ``strong``, ``s``, ``code_inline``) the others use
     _donor: ClassVar[_StreamParagraph | None] = None
 
@@ -166,11 +226,89 @@ class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,
         at, height = self._height_at
         return height if at == width else self._measure(width)
 
+    @property
+    def paragraphs(self) -> int:
+        """How many paragraphs it shows (more than one: see :meth:`take_in`)."""
+        return len(self._done) + 1
+
+    @property
+    def block_ranges(self) -> list[tuple[int, int]]:
+        """The source lines of each paragraph it shows."""
+        return [*self._done_ranges, self.source_range]
+
+    def take_in(self, paragraphs: list[_StreamParagraph]) -> None:
+        """Show ``paragraphs`` (new, not mounted) after its own, instead of as widgets of their own:
+        the last of them is the live one now, whose text the next appends update. Mounting a
+        paragraph widget took a layout of the screen (~15 ms, three a second at 200 tokens/s);
+        this is a repaint. It stays so when the answer is done: it looks the same as a widget a
+        paragraph, and ``_shows_exactly`` counts each of its paragraphs as a block (parsing the
+        widget again into a widget a block, as a check once it was closed, took 40–100 ms in one
+        step, a key waiting)."""
+        self._done = (*self._done, self._content, *(paragraph._content for paragraph in paragraphs[:-1]))
+        self._done_ranges = (*self._done_ranges, self.source_range,
+                             *(paragraph.source_range for paragraph in paragraphs[:-1]))
+        self._done_cache = {}
+        self.source_range = paragraphs[-1].source_range
+        self._copy_context(paragraphs[-1])
+        # (the lines of what was the live paragraph stay as they are drawn: only the new live
+        # paragraph's lines are drawn again)
+        self.set_content(paragraphs[-1]._content)
+
+    def _visual(self, content: Content) -> Visual | Content:
+        if not self._done:
+            return content
+        if self._done_cache is None:
+            self._done_cache = {}
+        done = self._done_cache.get("done")
+        if done is None:
+            done = self._done_cache["done"] = Content("\n\n").join(self._done) + "\n"
+        return _RunVisual(done, content, self._done_cache)
+
+    def render(self) -> Any:
+        return self._visual(self._content) if self._done else super().render()
+
+    def _render_content(self) -> None:
+        """A run of paragraphs (see :meth:`take_in`) while it streams: the earlier ones are drawn
+        once per width and style, and a frame draws the live one only."""
+        visual = self._visual(self._content)
+        if not isinstance(visual, _RunVisual) or not self._stretched or self.text_selection is not None:
+            super()._render_content()  # (drawn as one content: where a selection is, as it would be)
+            return
+        width, height = self.size
+        style = self.visual_style
+        key = ("lines", width, style)
+        head = visual._cache.get(key)
+        if head is None:
+            head = visual._cache[key] = Visual.to_strips(self, visual.done, width, None, style)
+        strips = head + Visual.to_strips(self, visual.live, width, None, style)
+        self._render_cache = _RenderCache(self.size, strips[:height])
+        self._dirty_regions.clear()
+
+    def get_selection(self, selection: Any) -> tuple[str, str] | None:
+        visual = self._render()
+        if isinstance(visual, _RunVisual):
+            return selection.extract(str(visual.whole)), "\n"
+        return super().get_selection(selection)
+
+    async def _update_from_block(self, block: MarkdownBlock) -> None:
+        if self._done and not isinstance(block, Markdown.BLOCKS["paragraph_open"]):
+            # the live paragraph turned out to be another block (a list…): the one before it is
+            # the live one of this widget again, and the block goes on in a widget of its own
+            *done, live = self._done
+            *ranges, self.source_range = self._done_ranges
+            self._done, self._done_ranges, self._done_cache = tuple(done), tuple(ranges), None
+            self.set_content(live)
+            await self._markdown.mount_all([block])  # (which stretches it if it is a paragraph)
+            return
+        await super()._update_from_block(block)
+
     def _measure(self, width: int) -> int:
-        return visualize(self, self._content, markup=False).get_height(self.styles, width)
+        return visualize(self, self._visual(self._content), markup=False).get_height(self.styles, width)
 
     def set_content(self, content: Content) -> None:
         self._content = content
+        if self._done:  # (a run of paragraphs: see take_in)
+            content = self._visual(content)  # type: ignore[assignment]
         if not self.is_mounted:  # (a new block: mounting it lays it out; or a parse's, dropped)
             self._height_at = (-1, -1)
             self.update(content, layout=False)
@@ -187,6 +325,10 @@ class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,
             markdown = self.parent
             if height > self.content_size.height and isinstance(markdown, AnswerMarkdown):
                 markdown.make_room(height - self.content_size.height)
+            if isinstance(content, _RunVisual):  # only the live paragraph's lines are drawn again
+                top = content.done_height(self.styles, width)
+                self.refresh(Region(0, top, width, max(1, self.content_size.height - top)))
+                return
             self.update(content, layout=False)
             return
         self.update(content, layout=not same)
@@ -249,17 +391,17 @@ class AnswerMarkdown(Markdown):
 
     def set_runway(self, on: bool) -> None:
         """While on, the widget is given a fixed height: its text's, rounded up to a multiple of
-        RUNWAY_LINES, which leaves free lines under the text; once the text fills them,
-        RUNWAY_LINES more. (Its height depends on its text only, never on when the frames came:
-        the same answer is laid out the same way on a fast machine and a loaded one.) Its last
-        block, when a paragraph (the usual case), is stretched over the free lines: a new line of
-        the answer is drawn into one by repainting that paragraph — no layout at all. Only when
-        the text outgrows the free lines does the widget grow (and the conversation with it,
-        RUNWAY_LINES at a time); a new block is laid out inside the widget, and nothing outside
-        it moves. (Without the free
-        lines, each new line re-arranged every container up to the conversation, which grew: the
-        view scrolled and every line on the screen was drawn again.) Off, the widget is as tall
-        as its text again."""
+        its step (:func:`runway_lines`: RUNWAY_LINES, more on a tall screen), which leaves free
+        lines under the text; once the text fills them, a step more. (Its height depends on its
+        text and the screen's height only, never on when the frames came: the same answer is laid
+        out the same way on a fast machine and a loaded one.) Its last block, when a paragraph
+        (the usual case), is stretched over the free lines: a new line of the answer is drawn into
+        one by repainting that paragraph — no layout at all. Only when the text outgrows the free
+        lines does the widget grow (and the conversation with it, a step at a time); a new block
+        is laid out inside the widget, and nothing outside it moves. (Without the free lines, each
+        new line re-arranged every container up to the conversation, which grew: the view
+        scrolled and every line on the screen was drawn again.) Off, the widget is as tall as its
+        text again."""
         if on:
             self.unfold()
             self._runway = True
@@ -269,20 +411,32 @@ class AnswerMarkdown(Markdown):
             self._restretch()
             self.styles.height = None  # (the stylesheet's: auto)
 
+    @property
+    def _step(self) -> int:
+        return runway_lines(self.screen.size.height)
+
     def make_room(self, lines: int) -> None:
         """The stretched paragraph's text needs ``lines`` more lines than it has: grow."""
         if self._runway:
-            want = max(self._fixed_height, _runway_height(self.size.height + lines))
+            want = max(self._fixed_height, _runway_height(self.size.height + lines, self._step))
             if want != self._fixed_height:
                 self._fixed_height = want
                 self.styles.height = want
 
     def mount_all(self, widgets: Iterable[Widget], **where: Any) -> AwaitMount:
-        """New blocks (Markdown.append mounts them): the last one takes over the free lines before
-        it is mounted, so that one layout places it, stretched, and the block before it, no
-        longer stretched."""
+        """New blocks (Markdown.append mounts them). A new paragraph after the stretched paragraph
+        of a streaming answer (a frame of a steady stream brings one) is shown by it
+        (``_StreamParagraph.take_in``): no widget is mounted, nothing is laid out. Otherwise —
+        other blocks, or many at once, as under a firehose, which are parsed again anyway when
+        the widget is closed — the last one takes over the free lines before it is mounted, so
+        that one layout places it, stretched, and the block before it, no longer stretched."""
         widgets = list(widgets)
         if self._runway and self._fixed_height and widgets and not where:
+            stretched = self._stretched
+            if (len(widgets) == 1 and type(widgets[0]) is _StreamParagraph and stretched is not None
+                    and self.children and stretched is self.children[-1]):
+                stretched.take_in(widgets)  # (shown by the stretched one: no layout)
+                return AwaitMount(self, [])
             self._restretch(widgets[-1])
         return super().mount_all(widgets, **where)
 
@@ -300,7 +454,7 @@ class AnswerMarkdown(Markdown):
                         if need > have:
                             used = max(used, fixed + need - have)
                         break
-            want = _runway_height(used) if used else fixed
+            want = _runway_height(used, self._step) if used else fixed
             if want != fixed:
                 self._fixed_height = want
                 self.call_later(self._fix_height)
