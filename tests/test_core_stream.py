@@ -407,6 +407,34 @@ async def test_a_steady_stream_gives_one_event_per_token(server, provider_name):
     assert [t.text for t in tokens] == server.tokens_for("slow")
 
 
+async def test_a_read_pace_reads_a_steady_stream_in_groups_and_loses_nothing(server, provider_name):
+    """With a read pace (the app's: see BufferPolicy.read_pace_ms) a steady stream is read a few
+    times a second, what arrived meanwhile in one go — so it is published in groups, each event
+    holding the tokens of one read — and the first token still goes out as soon as it comes."""
+    server.slow_rate, server.slow_tokens = 200, 120
+    stream, bus = make(provider_name, "slow", buffer=BufferPolicy(read_pace_ms=50))
+    sub = bus.subscribe(stream_id=stream.id, policy="block")
+    task = stream.start()
+    tokens = [e async for e in sub if isinstance(e, Token)]
+    await task
+    assert stream.state == "completed"
+    assert "".join(t.text for t in tokens) == "".join(server.tokens_for("slow"))
+    assert sum(t.count for t in tokens) == stream.stats().tokens == 120
+    assert tokens[0].count == 1  # (the first read is not held back)
+    # 0.6 s of tokens read about every 50 ms: a dozen reads, two events each at most
+    assert len(tokens) <= 40 and max(t.count for t in tokens) >= 5
+    # a firehose is read as fast as it comes: no slower than without a pace
+    server.firehose_tokens = 20_000
+    took = []
+    for buffer in (BufferPolicy(read_pace_ms=50), BufferPolicy(), BufferPolicy(read_pace_ms=50)):
+        stream, _ = make(provider_name, "firehose", buffer=buffer)
+        started = time.monotonic()
+        await stream.start()
+        took.append(time.monotonic() - started)
+        assert stream.state == "completed" and stream.stats().tokens == 20_000
+    assert min(took[0], took[2]) < 1.5 * took[1] + 0.1, took
+
+
 async def test_a_burst_is_published_in_few_events_with_nothing_lost(server, provider_name):
     server.firehose_tokens = 5000
     stream, bus = make(provider_name, "firehose")

@@ -44,7 +44,7 @@ from ..core.events import (
 )
 from ..core.errors import StreamchatError, error_of_kind
 from ..core.request import ChatRequest, Message
-from ..core.stream import Stream, continue_stream
+from ..core.stream import BufferPolicy, Stream, continue_stream
 from .conversation import Answer, Conversation, Turn
 from .widgets import LaneStats, StatusBar, quiet_virtual_size
 
@@ -86,6 +86,9 @@ GC_AFTER_S = 1.0
 #: panel are one screen update, not two (each screen update costs 2–4 ms at 200 tokens/s)
 STATS_S = 0.25
 STATS_FRAME_S = 0.19
+#: The app's streams read the network at most ~40 times a second (see BufferPolicy.read_pace_ms):
+#: a frame shows what came since the last one anyway, and each read costs the SDK's HTTP stack
+READ_PACE = BufferPolicy(read_pace_ms=25)
 
 WELCOME = (
     "Type a question and press Enter.\n"
@@ -369,6 +372,7 @@ class ChatScreen(Screen):
             bus=app.bus,
             timeouts=app.settings.timeouts,
             lane=self._lane_name(answer.lane),
+            buffer=READ_PACE,
         )
 
     def _lane_name(self, lane: int) -> str | None:
@@ -823,7 +827,8 @@ class ChatScreen(Screen):
             elif answer.text.strip():  # reopened from the history: no stream of this run wrote it
                 app = self.chat_app
                 stream = continue_stream(app.providers[answer.lane], answer.request, answer.text, bus=app.bus,
-                                         timeouts=app.settings.timeouts, lane=self._lane_name(answer.lane))
+                                         timeouts=app.settings.timeouts, lane=self._lane_name(answer.lane),
+                                         buffer=READ_PACE)
                 await self._start(answer, view, stream, fresh=False)
             else:
                 await self._start(answer, view, self._new_stream(answer), fresh=True)
