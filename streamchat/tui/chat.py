@@ -66,8 +66,11 @@ FRAME_S = 1 / 30
 #: uses more than CPU_BUDGET of a core — a long answer or a fast stream costs more per second to
 #: show, and a frame that adds a line re-lays and re-renders the whole conversation view
 FRAME_MAX_S = 0.2
-#: the share of one core (the whole app: SDK, stream and rendering) above which frames are spaced out
-CPU_BUDGET = 0.3
+#: the share of one core (the whole app: SDK, stream and rendering) above which frames are spaced
+#: out. Streaming costs a floor that frames do not change (~10 % at 200 tokens/s: reading, parsing,
+#: the new lines); each frame a second adds ~0.7 %. At 16 %: ~7 frames/s at 200 tokens/s, ~15 at 50
+#: tokens/s, 30 when it is cheap (issue #4's target: under 20 % of a core at 200 tokens/s).
+CPU_BUDGET = 0.16
 #: the CPU share is measured over at least this long (seconds)
 CPU_WINDOW_S = 0.3
 #: the finished Markdown widgets of the conversation more than this many windows away from the
