@@ -147,6 +147,38 @@ async def test_the_stats_refresh_within_frames_while_streaming_and_on_their_own_
         await until(pilot, lambda: view.state == "cancelled", what="the stop")
 
 
+async def test_the_token_view_and_back_while_streaming_keeps_the_answer_in_view(server):
+    """t and t again while a long answer streams: the Markdown view comes back with the answer's
+    end in view and no more free lines under it than a step — its sizes while it was hidden (or
+    not yet laid out again) do not count, and its height is worked out from its text again. (They did: the live widget grew by the whole height of
+    its last paragraphs, and the view showed 15–20 blank lines for a frame or more.)"""
+    from streamchat.tui.answer import runway_lines
+
+    server.slow_rate, server.slow_tokens = 200, 6000
+    app = app_for("openai:slow")
+    async with app.run_test(size=(110, 34)) as pilot:
+        await ask(pilot, "go")
+        view = last_answer(app)
+        await until(pilot, lambda: len(view.text) > 3000, what="a long answer")
+        step = runway_lines(34)
+        for _ in range(5):
+            await press(pilot, "t")
+            await pilot.pause(1.0)
+            await press(pilot, "t")
+            for _ in range(8):
+                await pilot.pause(0.06)
+                live = view._live_markdown
+                stretched = live._stretched
+                if stretched is None or not live.region:
+                    continue
+                text = stretched.text_height(stretched.content_size.width)
+                free = live.size.height - (stretched.region.y - live.region.y) - text
+                assert free <= step + 1, (free, step)  # (a step, and the last paragraph's margin)
+        assert view.state == "streaming"
+        await press(pilot, "escape")
+        await until(pilot, lambda: view.state == "cancelled", what="the stop")
+
+
 async def test_the_rate_line_draws_the_bars_textual_sparkline_draws():
     """The stats panel's rate line draws, for the same samples and width, the bars Textual's
     Sparkline renderable draws (its bars, its buckets, each summed up by max)."""

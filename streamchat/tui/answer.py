@@ -323,7 +323,10 @@ class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,
         self._height_at = (width, height)
         if self._stretched:
             markdown = self.parent
-            if height > self.content_size.height and isinstance(markdown, AnswerMarkdown):
+            # (not laid out — hidden while the token view is shown, or not yet shown again — its
+            # sizes are not its own: the layout that shows it makes the room, see AnswerMarkdown.arrange)
+            if (height > self.content_size.height and isinstance(markdown, AnswerMarkdown)
+                    and self.region):
                 markdown.make_room(height - self.content_size.height)
             if isinstance(content, _RunVisual):  # only the live paragraph's lines are drawn again
                 top = content.done_height(self.styles, width)
@@ -758,6 +761,12 @@ class AnswerView(Vertical):
         self.set_class(on, "-tokens")
         if on:
             self.render_tokens()
+        elif self._md_stream is not None:
+            # the Markdown comes back while it streams: its live widget's height was kept while
+            # it was hidden (no layout); it is worked out from its text again
+            live = self._live_markdown
+            live.set_runway(False)
+            live.set_runway(True)
 
     def render_tokens(self) -> None:
         """Tokens coloured by confidence band (or stage colour); plain tokens alternate two shades
