@@ -210,6 +210,55 @@ async def test_the_rate_line_draws_the_bars_textual_sparkline_draws():
             assert line.render_line(0).text == "▁" * width
 
 
+async def test_a_container_that_draws_one_line_and_repeats_it_looks_as_textual_draws_it():
+    """AlikeLines (the turn, the lanes, the answer, its Markdown) draws one of its lines and repeats
+    it: the same lines Textual draws for the same container, with padding, a background, side
+    borders and a child; with a top or bottom border or outline it draws each line as Textual."""
+    from textual.app import App
+    from textual.containers import Vertical
+    from textual.geometry import Region
+    from textual.widgets import Static
+
+    from streamchat.tui.widgets import AlikeLines
+
+    class Alike(AlikeLines, Vertical):
+        pass
+
+    styles = {
+        "plain": "",
+        "padded": "padding: 1 2; background: $boost;",
+        "sides": "border-left: vkey $panel-lighten-2; border-right: outer $primary; background: red 20%;",
+        "top": "border-top: round $primary;",
+        "outline": "outline-bottom: solid $accent; padding: 0 1;",
+        "box": "border: round $primary; border-title-align: center;",
+    }
+    general = {"top", "outline", "box"}
+    css = "\n".join(f".{name} {{ height: 7; width: 30; {rule} }}" for name, rule in styles.items())
+
+    class Boxes(App):
+        CSS = css
+
+        def compose(self):
+            for name in styles:
+                for cls in (Alike, Vertical):
+                    with cls(classes=name) as box:
+                        box.border_title = "title" if name == "box" else None
+                        yield Static("a child", classes="child")
+
+    def drawn(strips):  # cell by cell (the same cells may come in other segments)
+        return [[(char, segment.style) for segment in strip for char in segment.text] for strip in strips]
+
+    app = Boxes()
+    async with app.run_test(size=(40, 7 * 2 * len(styles))) as pilot:
+        await pilot.pause()
+        for name in styles:
+            alike, plain = app.query(f".{name}").results()
+            assert isinstance(alike, Alike) and not isinstance(plain, Alike)
+            assert alike._lines_alike() is (name not in general), name
+            for crop in (alike.region.size.region, Region(3, 2, 20, 4)):
+                assert drawn(alike.render_lines(crop)) == drawn(plain.render_lines(crop)), (name, crop)
+
+
 async def test_the_view_follows_the_answer_until_the_person_scrolls_up(server):
     # (long enough to go on streaming through every step below, also on a loaded machine: the
     # conversation grows RUNWAY_LINES at a time)

@@ -25,7 +25,7 @@ from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownBlock
 
 from ..core.events import Token
-from .widgets import error_hint, neutralise, quiet_virtual_size, state_content
+from .widgets import AlikeLines, error_hint, neutralise, quiet_virtual_size, state_content
 
 if TYPE_CHECKING:
     from markdown_it import MarkdownIt
@@ -337,7 +337,7 @@ class _StreamParagraph(Markdown.BLOCKS["paragraph_open"]):  # type: ignore[misc,
         self.update(content, layout=not same)
 
 
-class AnswerMarkdown(Markdown):
+class AnswerMarkdown(AlikeLines, Markdown):
     """The answer's Markdown: paragraphs that grow in place are repainted without a layout, and
     while it is the live widget of a streaming answer it keeps free lines under its text."""
 
@@ -489,7 +489,7 @@ class AnswerMarkdown(Markdown):
         self._stretched = want
 
 
-class AnswerView(Vertical):
+class AnswerView(AlikeLines, Vertical):
     """One lane's answer. The screen calls :meth:`begin` when a stream starts writing to it,
     :meth:`take` per token event, :meth:`flush` once per frame and :meth:`finish` at the end."""
 
@@ -794,13 +794,13 @@ class AnswerView(Vertical):
         self._tokens_dirty = False
 
 
-class _Lanes(Horizontal):
+class _Lanes(AlikeLines, Horizontal):
     """The answers of one turn, side by side."""
 
     virtual_size = quiet_virtual_size()
 
 
-class TurnView(Vertical):
+class TurnView(AlikeLines, Vertical):
     """A prompt, then one :class:`AnswerView` per lane, side by side."""
 
     DEFAULT_CSS = """

@@ -20,7 +20,7 @@ from rich.style import Style
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.reactive import Reactive
 from textual.strip import Strip
 from textual.widgets import Sparkline, Static
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
     from ..core.stream import Stream
 
-__all__ = ["STATES", "LaneStats", "RateLine", "StatusBar", "error_hint", "neutralise", "quiet_virtual_size",
-           "state_content"]
+__all__ = ["STATES", "AlikeLines", "LaneStats", "RateLine", "StatusBar", "error_hint", "neutralise",
+           "quiet_virtual_size", "state_content"]
 
 #: display state → (label, colour variable)
 STATES: dict[str, tuple[str, str]] = {
@@ -63,6 +63,25 @@ def quiet_virtual_size() -> Reactive[Size]:
     that was a second layout after each one that added a line, at every level from the
     paragraph up to the conversation. Watchers still run."""
     return Reactive(Size(0, 0), layout=False, repaint=False)
+
+
+class AlikeLines:
+    """For a container that draws nothing of its own but its background (and side borders): all
+    its lines are alike, so it draws one and repeats it. Textual's compositor draws every widget
+    on a line, back to front, also the containers its children cover, and a container that
+    changed size draws each of its lines again — at each level (the turn, the lanes, the answer,
+    its Markdown), every time a streaming answer grows the conversation."""
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        if crop.height > 1 and self._lines_alike():
+            return super().render_lines(crop._replace(height=1)) * crop.height  # type: ignore[misc]
+        return super().render_lines(crop)  # type: ignore[misc]
+
+    def _lines_alike(self) -> bool:
+        styles = self.styles  # type: ignore[attr-defined]
+        (top, _), _, (bottom, _), _ = styles.border
+        (outline_top, _), _, (outline_bottom, _), _ = styles.outline
+        return not (top or bottom or outline_top or outline_bottom) and styles.keyline[0] == "none"
 
 
 def neutralise(text: str) -> str:
