@@ -14,7 +14,8 @@ from textual.widgets.markdown import MarkdownBlock
 
 from streamchat.core.events import Token
 from streamchat.theming import load_theme
-from streamchat.tui.answer import CHUNK_BLOCKS, RUNWAY_LINES, AnswerView, _shows_exactly, _StreamParagraph
+from streamchat.tui.answer import (CHUNK_BLOCKS, RUNWAY_LINES, AnswerView, _shows_exactly, _StreamParagraph,
+                                   runway_lines)
 
 
 def long_answer(paragraphs: int) -> str:
@@ -275,12 +276,61 @@ async def test_new_paragraphs_are_drawn_by_the_streaming_paragraph_and_look_as_w
         assert screen_cells(app, rows) == done
 
 
+async def test_the_paragraphs_of_a_firehose_frame_come_as_a_widget_a_run_and_look_as_widgets_would():
+    """A frame that brings many blocks at once (a firehose) mounts a widget for each run of
+    paragraphs, not one a paragraph: the first shows those after it (the stretched one, those
+    right after it). The screen shows, while it streams and when it is done, what a widget per
+    block shows, and each paragraph counts as a block of the parse."""
+    paragraphs = [f"Paragraph {i}: with `code {i}`, *emphasis* and **strong** words that wrap "
+                  f"over more than one line of the answer, as a model writes them." for i in range(9)]
+    opening = paragraphs[0] + "\n\n"
+    burst = "\n\n".join([*paragraphs[1:4], "- a list between them", "## and a heading",
+                          *paragraphs[4:]]) + "\n"
+    app = OneAnswer()
+    async with app.run_test(size=(80, 60)) as pilot:
+        view = app.view
+        await view.begin("s1", fresh=True)
+        live = view._live_markdown
+        view.take(Token(stream_id="s1", text=opening, index=0))  # (a frame: the first paragraph)
+        await view.flush()
+        await pilot.pause()
+        first = live.children[0]
+        assert isinstance(first, _StreamParagraph) and first is live._stretched
+        view.take(Token(stream_id="s1", text=burst, index=1))  # (one frame: the rest at once)
+        await view.flush()
+        await pilot.pause()
+        assert len(view._chunks) == 0
+        # paragraphs 0–3 are shown by the first widget; 4–8 by one after the list and the heading
+        assert [type(block).__name__ for block in live.children] == [
+            "_StreamParagraph", "MarkdownBulletList", "MarkdownH2", "_StreamParagraph"]
+        assert live.children[0] is first and first.paragraphs == 4
+        assert live.children[3].paragraphs == 5 and live.children[3] is live._stretched
+        assert _shows_exactly(live)
+        last = live.children[3]
+        rows = last.region.y + last.text_height(last.content_size.width)  # (the text's last row)
+        # the widget is its text's height, rounded up to a step (laid out twice before its new
+        # height came, it had grown a step more each time)
+        step = runway_lines(60)
+        assert live.region.height == -(-(rows - live.region.y) // step) * step
+        streamed = screen_cells(app, rows)
+
+        await view.finish("completed", opening + burst)
+        await pilot.pause()
+        assert blocks(live) == 4 and _shows_exactly(live)  # (not parsed again)
+        done = screen_cells(app, rows)
+        assert done[1:] == streamed[1:]  # (under the header: its state changed)
+
+        await live.update(opening + burst)  # a widget per block
+        await pilot.pause()
+        assert blocks(live) == 11
+        assert screen_cells(app, rows) == done
+
+
 @pytest.mark.parametrize(("size", "step"), [((60, 20), RUNWAY_LINES), ((100, 40), 10), ((100, 60), 12)])
 async def test_the_free_lines_of_a_streaming_answer_come_in_steps_that_grow_with_the_screen(size, step):
     """A streaming answer's live widget grows a step of free lines at a time: RUNWAY_LINES on a
     small screen, a quarter of a taller one's height (up to twice RUNWAY_LINES) — each step
     scrolls the conversation, which draws every line on the screen again."""
-    from streamchat.tui.answer import runway_lines
 
     assert runway_lines(size[1]) == step
     app = OneAnswer()
