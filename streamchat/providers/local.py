@@ -237,6 +237,40 @@ class _NoRedirect:
         return None
 
 
+def _cpu_has_amx() -> bool:
+    """Whether this CPU has Intel AMX (the ``amx_int8`` flag of /proc/cpuinfo; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def _load_without_extra_buffers(llama_cpp: Any) -> None:
+    """Load models without ggml's extra CPU buffer types (weight repacking, AMX).
+
+    A llama.cpp built on a CPU with AMX (``-march=native``) puts the weights of a quantized model
+    into its AMX buffer type, and its AMX matrix multiply crashes the process (SIGSEGV in
+    ``ggml_backend_amx_mul_mat`` at the first decode: seen with llama-cpp-python 0.3.36 and the
+    packaged SmolLM2 Q4_1). ``Llama()`` takes no argument for it, so the default model parameters it
+    starts from get ``use_extra_bufts = False``; plain CPU matrix multiplies are used instead.
+    """
+    module = llama_cpp.llama_cpp
+    if "use_extra_bufts" not in dict(module.llama_model_params._fields_):  # pragma: no cover
+        return
+    defaults = module.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_model_default_params = without_extra_buffers
+
+
 def _import_llama() -> Any:
     """Import llama_cpp once, silence its C-level logging, return the module."""
     global _llama_ready, _log_callback
@@ -276,6 +310,8 @@ def _import_llama() -> Any:
                     module.suppress_stdout_stderr = _NoRedirect
         except Exception:  # pragma: no cover - layout changed: llama_cpp's redirect stays
             pass
+        if _cpu_has_amx():
+            _load_without_extra_buffers(llama_cpp)
         _llama_ready = True
     return llama_cpp
 
