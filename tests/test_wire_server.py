@@ -331,6 +331,9 @@ async def test_connection_lost_mid_stream(server: WireServer, provider: str, sce
         assert type(exc) is openai.APIConnectionError
         cause = {"drop-mid": httpx2.RemoteProtocolError, "reset-mid": httpx2.ReadError}[scenario]
         assert isinstance(exc.__cause__, cause)
+    elif provider == "anthropic" and type(exc) is anthropic.APIConnectionError:
+        # anthropic 2.17 wraps it as openai does (2.12 raised the transport error itself)
+        assert isinstance(exc.__cause__, raw[(provider, scenario)])
     else:
         assert type(exc) is raw[(provider, scenario)]
         assert not isinstance(exc, httpx.HTTPError) or provider == "ollama"
@@ -481,6 +484,9 @@ async def test_stall_start_read_timeout_and_close(server: WireServer, provider: 
     assert text == "" and items == []
     expected = {"anthropic": httpx2.ReadTimeout, "openai": openai.APITimeoutError,
                 "ollama": httpx.ReadTimeout}[provider]
+    if provider == "anthropic" and type(exc) is anthropic.APITimeoutError:
+        expected = anthropic.APITimeoutError  # anthropic 2.17 wraps it (2.12 raised ReadTimeout)
+        assert isinstance(exc.__cause__, httpx2.ReadTimeout)
     assert type(exc) is expected
     progress = server.responses()[0]
     assert progress.bytes_sent == 0  # headers only

@@ -3,8 +3,9 @@
 The raw event stream is used rather than the ``messages.stream()`` helper: it does no snapshot
 work per token, and an empty answer is simply an empty answer (the helper's ``get_final_text()``
 raises). Errors: an in-stream ``error`` event arrives as ``APIStatusError`` with status 200 and
-``.type`` set; a dropped or reset connection raises the SDK's own transport errors (``httpx2``,
-not ``httpx``), unwrapped — both are translated here.
+``.type`` set; a dropped, reset or stalled connection raises the SDK's own transport errors
+(``httpx2``, not ``httpx``) — unwrapped up to anthropic 2.12, wrapped in ``APIConnectionError`` /
+``APITimeoutError`` (the transport error as ``__cause__``) in 2.17 — all translated here.
 
 As for OpenAI (see ``providers/openai.py``), the stream is the SDK's own ``AsyncStream`` (its SSE
 decoding, ``error`` events and clean-up) of plain event dicts — ``client.post`` with
