@@ -28,8 +28,13 @@ async def run_command(pilot, text: str) -> None:
     await until(pilot, lambda: isinstance(app.focused, CommandInput), what="the palette's input")
     await press(pilot, *["space" if ch == " " else ch for ch in text])
     await until(pilot, lambda: app.focused.value == text, what=f"{text!r} typed")
-    await until(pilot, lambda: palette.query("CommandList") and palette.query_one("CommandList").option_count > 0,
-                what=f"a hit for {text!r}")
+    try:
+        await until(pilot, lambda: palette.query("CommandList") and palette.query_one("CommandList").option_count > 0,
+                    what=f"a hit for {text!r}")
+    except AssertionError as exc:  # seen once on a fresh clone (of ~10 full runs): say what the palette was doing
+        workers = [f"{w.name}:{w.state.name}" for w in app.workers if w.node is palette]
+        raise AssertionError(f"{exc}; palette workers {workers}, hits {palette._hit_count}, "
+                             f"focused {app.focused!r}, screen {app.screen!r}") from None
     await pilot.pause(0.3)  # the search settles (it is debounced)
     await press(pilot, "down", "enter")
     await until(pilot, lambda: not isinstance(app.screen, CommandPalette), what="the palette to close")
