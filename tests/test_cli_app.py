@@ -100,3 +100,16 @@ def test_a_plain_start_does_not_import_pydantic(tmp_path):
     from streamchat import __version__
 
     assert proc.stdout.splitlines() == [f"streamchat {__version__}", "0 False"], proc.stdout + proc.stderr
+
+
+def test_a_command_group_without_its_command_shows_its_help(tmp_path):
+    """``streamchat history`` (or ``route``) alone: the group's commands, as click shows them — on
+    stderr, exit 2, not dressed up as a one-line error."""
+    env = {**os.environ, "STREAMCHAT_HOME": str(tmp_path)}
+    for group, commands in (("history", ("list", "show", "search")), ("route", ("stats", "clear"))):
+        res = subprocess.run([*STREAMCHAT, group], env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and res.stdout == "", res
+        first = res.stderr.split("\n", 1)[0]  # (``python -m streamchat`` here)
+        assert first.startswith("Usage: ") and first.endswith(f"streamchat {group} [OPTIONS] COMMAND [ARGS]..."), first
+        assert "error" not in res.stderr.lower() and "Traceback" not in res.stderr
+        assert all(f"\n  {name} " in res.stderr for name in commands), res.stderr

@@ -459,6 +459,9 @@ def main() -> None:
         sys.stderr.write("cancelled\n")
         code = 130
     except typer.TyperException as exc:  # click's usage errors (bad option, missing value …)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # ``streamchat history``: its help, as click shows it
+            sys.stderr.write(exc.format_message().rstrip("\n") + "\n")
+            sys.exit(exc.exit_code)
         format_message = getattr(exc, "format_message", None)
         message = format_message() if format_message else str(exc)
         ctx = getattr(exc, "ctx", None)
