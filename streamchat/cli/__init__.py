@@ -459,13 +459,14 @@ def main() -> None:
         sys.stderr.write("cancelled\n")
         code = 130
     except typer.TyperException as exc:  # click's usage errors (bad option, missing value …)
-        if type(exc).__name__ == "NoArgsIsHelpError":  # ``streamchat history``: its help, as click shows it
+        # (click 8.2+ raises a group's help, ``streamchat history`` alone, as a usage error: shown as click shows it)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # (typer 0.29 has click inside: typer._click)
             sys.stderr.write(exc.format_message().rstrip("\n") + "\n")
-            sys.exit(exc.exit_code)
-        format_message = getattr(exc, "format_message", None)
-        message = format_message() if format_message else str(exc)
-        ctx = getattr(exc, "ctx", None)
-        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        sys.stderr.write(f"error: {message}{where}\n")
+        else:
+            format_message = getattr(exc, "format_message", None)
+            message = format_message() if format_message else str(exc)
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            sys.stderr.write(f"error: {message}{where}\n")
         code = getattr(exc, "exit_code", 2)
     sys.exit(code if isinstance(code, int) else 0)
