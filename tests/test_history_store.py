@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -405,6 +406,28 @@ def test_percentiles_and_histograms() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # two processes writing at once
+
+
+def test_processes_that_open_a_new_history_at_the_same_moment_all_get_it(tmp_path: Path) -> None:
+    """Both switch the blank file to WAL; SQLite fails the loser's switch at once ("database is
+    locked", no busy wait): half of such pairs failed before the open was tried again."""
+    opener = f"""
+        import sys, time
+        from streamchat.history import HistoryStore
+        start = float(sys.argv[1])
+        for i in range(12):
+            while time.time() < start + 0.05 * i:  # the same moment in both processes
+                pass
+            HistoryStore({str(tmp_path)!r} + f"/h{{i}}.db", timeout=10).close()
+    """
+    start = str(time.time() + 1.0)  # both processes are started and imported by then
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(opener), start], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(60) == 0, proc.stderr.read()
+    for i in range(12):
+        with HistoryStore(tmp_path / f"h{i}.db") as store:
+            assert store.schema_version == len(MIGRATIONS)
 
 
 def test_two_writer_processes_do_not_corrupt(tmp_path: Path) -> None:

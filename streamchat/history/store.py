@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from ..core.events import StreamStats
 from ..core.request import Message
-from .errors import HistoryError, HistoryNotFoundError, HistorySchemaError, translate
+from .errors import HistoryError, HistoryLockedError, HistoryNotFoundError, HistorySchemaError, translate
 from .stats import Distribution
 
 __all__ = [
@@ -419,7 +419,7 @@ class HistoryStore:
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         try:
             with self._lock, self._sqlite_errors():
-                self._open(migrate)
+                self._open_waiting(migrate)
         except BaseException:
             self._db.close()
             raise
@@ -431,6 +431,22 @@ class HistoryStore:
             yield
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from exc
+
+    def _open_waiting(self, migrate: bool) -> None:
+        """:meth:`_open`, tried again while another process holds the file, up to ``timeout``.
+
+        SQLite's busy timeout does not cover everything here: two processes opening a blank file at
+        once both switch it to WAL, and the loser's ``PRAGMA journal_mode = WAL`` fails at once with
+        "database is locked". Opening is idempotent (the migrations check again under the write lock).
+        """
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return self._open(migrate)
+            except sqlite3.OperationalError as exc:
+                if not isinstance(translate(exc, self.path), HistoryLockedError) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     def _open(self, migrate: bool) -> None:
         db = self._db
