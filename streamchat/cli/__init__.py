@@ -459,8 +459,9 @@ def main() -> None:
         sys.stderr.write("cancelled\n")
         code = 130
     except typer.TyperException as exc:  # click's usage errors (bad option, missing value …)
-        # (click 8.2+ raises a group's help, ``streamchat history`` alone, as a usage error: shown as click shows it)
-        if type(exc).__name__ == "NoArgsIsHelpError":  # (typer 0.29 has click inside: typer._click)
+        # ``streamchat history`` alone: click 8.2+ raises the group's help as a usage error; shown as
+        # click shows it (matched by name: typer 0.29 carries its own click, typer._click)
+        if type(exc).__name__ == "NoArgsIsHelpError":
             sys.stderr.write(exc.format_message().rstrip("\n") + "\n")
         else:
             format_message = getattr(exc, "format_message", None)
